@@ -1,0 +1,155 @@
+// Package control serves the control API on the daemon's unix socket: it hands tmsh lines
+// to the interpreter and streams the output back.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strconv"
+	"time"
+
+	"github.com/openappliance/appliance/appliance/api"
+	"github.com/openappliance/appliance/appliance/tmsh"
+	"golang.org/x/sys/unix"
+)
+
+// StatusFunc reports the device's failover and sync state for the prompt.
+type StatusFunc func() (host, failoverState, syncStatus string)
+
+// Server is the control API server.
+type Server struct {
+	interp *tmsh.Interpreter
+	status StatusFunc
+	logger *slog.Logger
+}
+
+// NewServer returns a server running commands with interp.
+func NewServer(interp *tmsh.Interpreter, status StatusFunc, logger *slog.Logger) *Server {
+	return &Server{interp: interp, status: status, logger: logger}
+}
+
+type ctxKey struct{}
+
+// peer is who is on the other end of the socket, from SO_PEERCRED.
+type peer struct {
+	uid  int
+	user string
+}
+
+// Serve listens on path (replacing a stale socket) until ctx ends.
+func (s *Server) Serve(ctx context.Context, path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("listen on control socket: %w", err)
+	}
+	defer os.Remove(path)
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return fmt.Errorf("control socket permissions: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+api.PathExec, s.handleExec)
+	mux.HandleFunc("GET "+api.PathStatus, s.handleStatus)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, ctxKey{}, peerOf(c))
+		},
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
+	err = srv.Serve(ln)
+	<-done
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// peerOf reads the connecting process's credentials; the daemon decides from them who calls.
+func peerOf(c net.Conn) peer {
+	p := peer{uid: -1, user: "unknown"}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return p
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return p
+	}
+	raw.Control(func(fd uintptr) {
+		cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if err == nil {
+			p.uid = int(cred.Uid)
+		}
+	})
+	if p.uid >= 0 {
+		p.user = strconv.Itoa(p.uid)
+		if u, err := user.LookupId(p.user); err == nil {
+			p.user = u.Username
+		}
+	}
+	return p
+}
+
+func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
+	var req api.ExecRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	p, _ := r.Context().Value(ctxKey{}).(peer)
+	w.Header().Set("Trailer", api.TrailerError+", "+api.TrailerPartition+", "+api.TrailerModule+", "+api.TrailerQuit)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	sess := &tmsh.Session{User: p.user, Partition: req.Partition, Module: req.Module}
+	err := s.interp.Exec(r.Context(), sess, req.Command, w)
+	quit := errors.Is(err, tmsh.ErrQuit)
+	if quit {
+		err = nil
+	}
+	if err != nil {
+		s.logger.Info("command failed", "user", p.user, "command", req.Command, slog.Any("err", err))
+		w.Header().Set(api.TrailerError, err.Error())
+	} else if isMutation(req.Command) {
+		s.logger.Info("command", "user", p.user, "command", req.Command)
+	}
+	w.Header().Set(api.TrailerPartition, sess.Partition)
+	w.Header().Set(api.TrailerModule, sess.Module)
+	if quit {
+		w.Header().Set(api.TrailerQuit, "1")
+	}
+}
+
+func isMutation(cmd string) bool {
+	for _, v := range []string{"create", "modify", "delete", "run", "save", "load"} {
+		if len(cmd) > len(v) && cmd[:len(v)] == v {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	p, _ := r.Context().Value(ctxKey{}).(peer)
+	host, state, sync := s.status()
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(api.Status{User: p.user, Host: host, FailoverState: state, SyncStatus: sync})
+}

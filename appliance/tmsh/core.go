@@ -1,0 +1,87 @@
+// Package tmsh is the tmsh language: it parses command lines, runs them against the
+// daemon's core and prints BIG-IP's outputs. The control API hands it lines from the shell;
+// it keeps no state between commands but the caller's Session.
+package tmsh
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/openappliance/appliance/appliance/config"
+)
+
+// Core is what the language needs from the daemon. Every method is safe for concurrent use.
+type Core interface {
+	// Config returns the running configuration; the caller must not change it.
+	Config() config.Config
+	// Update applies change to a copy of the running configuration, validates it, saves it
+	// and reconciles the kernel; on any error nothing changes.
+	Update(ctx context.Context, change func(*config.Config) error) error
+	// Save writes the running configuration to its files.
+	Save(ctx context.Context) error
+	// Load replaces the running configuration with what its files hold.
+	Load(ctx context.Context) error
+	// Connections calls fn for each connection-tracking entry that matches the filter,
+	// streaming: it never holds the whole table.
+	Connections(ctx context.Context, f ConnFilter, fn func(Connection) error) error
+	// Failover reports the HA state.
+	Failover() FailoverStatus
+	// ForceStandby makes an Active device Standby (run sys failover standby).
+	ForceStandby(ctx context.Context) error
+	// ConfigSync pushes the shared configuration to the other devices of group.
+	ConfigSync(ctx context.Context, group string) error
+}
+
+// ConnFilter selects connections for show sys connection; zero fields match everything.
+type ConnFilter struct {
+	MirrorOnly   bool
+	Protocol     uint8
+	CSClientAddr netip.Addr
+	CSClientPort uint16
+	CSServerAddr netip.Addr
+	CSServerPort uint16
+	SSClientAddr netip.Addr
+	SSClientPort uint16
+	SSServerAddr netip.Addr
+	SSServerPort uint16
+	Virtual      string
+}
+
+// Connection is one entry of the connection table, in BIG-IP's client-side/server-side terms.
+type Connection struct {
+	Protocol uint8
+	CSClient netip.AddrPort // the client
+	CSServer netip.AddrPort // the virtual address
+	SSClient netip.AddrPort // the SNAT address (the client again without SNAT)
+	SSServer netip.AddrPort // the pool member
+	Idle     uint32         // seconds, from the kernel's timeout (default minus remaining)
+	State    string         // TCP state, such as ESTABLISHED
+	Offload  string         // flow acceleration: none, sw-offload, hw-offload
+	Virtual  string
+	Mirrored bool
+}
+
+// FailoverStatus is the device's HA state as show cm failover-status prints it.
+type FailoverStatus struct {
+	Device         string
+	State          string // Active, Standby, Offline
+	Since          time.Time
+	Reason         string
+	Peer           string
+	PeerState      string
+	PeerAlive      bool
+	PeerLastHeard  time.Time
+	LocalAddress   string
+	PeerAddress    string
+	SyncStatus     string // In Sync, Changes Pending, Disconnected, Standalone
+	SyncSummary    string
+	Group          string
+	Failovers      uint64
+	MirrorSummary  string
+	MirrorPeer     string
+	MirroredFlows  uint64
+	HeartbeatsSent uint64
+	HeartbeatsRecv uint64
+	NetTimeout     time.Duration
+}

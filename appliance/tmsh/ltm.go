@@ -1,0 +1,466 @@
+package tmsh
+
+import (
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/openappliance/appliance/appliance/config"
+)
+
+// refPath prints a reference to another object as BIG-IP does: always the full path.
+func refPath(p string) string { return p }
+
+func ltmPool() *kind {
+	modify := func(c *config.Config, name string, cur *cursor) error {
+		p, _ := c.Shared.FindPool(name)
+		for !cur.done() {
+			key, err := cur.key()
+			if err != nil {
+				return err
+			}
+			switch key {
+			case "members":
+				op, nodes, err := cur.listOp(key)
+				if err != nil {
+					return err
+				}
+				items, err := listItems(key, nodes)
+				if err != nil {
+					return err
+				}
+				var members []config.PoolMember
+				for _, it := range items {
+					ap, _, err := parseAddrPort("members", it.name)
+					if err != nil {
+						return err
+					}
+					m := config.PoolMember{Address: ap}
+					for i := 0; i+1 < len(it.settings); i += 2 {
+						switch it.settings[i].Word {
+						case "address":
+							a, err := parseAddr("members address", it.settings[i+1].Word)
+							if err != nil {
+								return err
+							}
+							if a != ap.Addr() {
+								return config.Invalid("ltm pool %s: member %s has address %s: member names here are address:port", name, it.name, a)
+							}
+						case "description":
+							m.Description = it.settings[i+1].Word
+						case "session", "state":
+							m.Disabled = it.settings[i+1].Word == "user-disabled" || it.settings[i+1].Word == "user-down"
+						default:
+							return unknownProp("pool member", it.settings[i].Word)
+						}
+					}
+					members = append(members, m)
+				}
+				if p.Members, err = applyList(key, op, p.Members, members, func(m config.PoolMember) string { return m.Address.String() }); err != nil {
+					return err
+				}
+			case "load-balancing-mode":
+				w, err := cur.word(key)
+				if err != nil {
+					return err
+				}
+				if p.LoadBalancingMode, err = parseOneOf(key, w, config.LoadBalancingModes); err != nil {
+					return err
+				}
+			case "service-down-action":
+				w, err := cur.word(key)
+				if err != nil {
+					return err
+				}
+				if p.ServiceDownAction, err = parseOneOf(key, w, config.ServiceDownActions); err != nil {
+					return err
+				}
+			case "slow-ramp-time":
+				w, err := cur.word(key)
+				if err != nil {
+					return err
+				}
+				n, err := strconv.Atoi(w)
+				if err != nil || n < 0 {
+					return syntaxf("slow-ramp-time: %q must be a number of seconds", w)
+				}
+				p.SlowRampTime = n
+			case "monitor":
+				if p.Monitor, err = cur.word(key); err != nil {
+					return err
+				}
+				if p.Monitor == "none" {
+					p.Monitor = ""
+				}
+			case "description":
+				w, err := cur.word(key)
+				if err != nil {
+					return err
+				}
+				p.Description = noneEmpty(w)
+			default:
+				return unknownProp("ltm pool", key)
+			}
+		}
+		return nil
+	}
+	return &kind{
+		module: "ltm", component: "pool", help: "pools: the servers a virtual server balances over", partitioned: true,
+		props: []string{"description", "load-balancing-mode", "members", "monitor", "service-down-action", "slow-ramp-time"},
+		names: func(c *config.Config) []string {
+			var out []string
+			for _, p := range c.Shared.Pools {
+				out = append(out, p.Name)
+			}
+			return out
+		},
+		render: func(c *config.Config, name string) Object {
+			p, _ := c.Shared.FindPool(name)
+			part, _ := config.SplitPath(p.Name)
+			members := Prop{Key: "members", IsBlock: true, Default: len(p.Members) == 0}
+			for _, m := range p.Members {
+				mn := config.DisplayPath(config.FullPath(formatAddrPort(m.Address), part))
+				props := []Prop{val("address", m.Address.Addr().String())}
+				if m.Description != "" {
+					props = append(props, val("description", m.Description))
+				}
+				if m.Disabled {
+					props = append(props, val("session", "user-disabled"))
+				}
+				members.Block = append(members.Block, block(mn, props...))
+			}
+			if len(p.Members) == 0 {
+				members.Value, members.IsBlock = "none", false
+			}
+			lb := p.LoadBalancingMode
+			if lb == "" {
+				lb = "round-robin"
+			}
+			sda := p.ServiceDownAction
+			if sda == "" {
+				sda = "none"
+			}
+			mon := p.Monitor
+			if mon == "" {
+				mon = "none"
+			}
+			return Object{Kind: "ltm pool", Name: config.DisplayPath(p.Name), Props: []Prop{
+				description(p.Description),
+				def("load-balancing-mode", lb, "round-robin"),
+				members,
+				def("monitor", mon, "none"),
+				partitionProp(p.Name),
+				def("service-down-action", sda, "none"),
+				def("slow-ramp-time", strconv.Itoa(p.SlowRampTime), "10"),
+			}}
+		},
+		create: func(c *config.Config, name string, cur *cursor) error {
+			c.Shared.Pools = append(c.Shared.Pools, config.Pool{Name: name, SlowRampTime: 10})
+			return modify(c, name, cur)
+		},
+		modify: modify,
+		remove: func(c *config.Config, name string) error {
+			for _, v := range c.Shared.Virtuals {
+				if v.Pool == name {
+					return config.InUse("Pool", name, "Virtual Server", v.Name)
+				}
+			}
+			_, i := c.Shared.FindPool(name)
+			c.Shared.Pools = slices.Delete(c.Shared.Pools, i, i+1)
+			return nil
+		},
+	}
+}
+
+// partitionProp is the "partition RPC" line BIG-IP prints for objects outside /Common.
+func partitionProp(path string) Prop {
+	part, _ := config.SplitPath(path)
+	return def("partition", part, config.CommonPartition)
+}
+
+func ltmSNATPool() *kind {
+	modify := func(c *config.Config, name string, cur *cursor) error {
+		p, _ := c.Shared.FindSNATPool(name)
+		for !cur.done() {
+			key, err := cur.key()
+			if err != nil {
+				return err
+			}
+			switch key {
+			case "members":
+				op, nodes, err := cur.listOp(key)
+				if err != nil {
+					return err
+				}
+				items, err := listItems(key, nodes)
+				if err != nil {
+					return err
+				}
+				var addrs []netip.Addr
+				for _, it := range items {
+					s := it.name
+					if strings.HasPrefix(s, "/") {
+						_, s = config.SplitPath(s)
+					}
+					a, err := parseAddr("members", s)
+					if err != nil {
+						return err
+					}
+					addrs = append(addrs, a)
+				}
+				if p.Members, err = applyList(key, op, p.Members, addrs, netip.Addr.String); err != nil {
+					return err
+				}
+			default:
+				return unknownProp("ltm snatpool", key)
+			}
+		}
+		return nil
+	}
+	return &kind{
+		module: "ltm", component: "snatpool", help: "SNAT pools: addresses client sources are translated to", partitioned: true,
+		props: []string{"members"},
+		names: func(c *config.Config) []string {
+			var out []string
+			for _, p := range c.Shared.SNATPools {
+				out = append(out, p.Name)
+			}
+			return out
+		},
+		render: func(c *config.Config, name string) Object {
+			p, _ := c.Shared.FindSNATPool(name)
+			part, _ := config.SplitPath(p.Name)
+			members := Prop{Key: "members", IsBlock: true}
+			for _, m := range p.Members {
+				members.Block = append(members.Block, Prop{Key: config.DisplayPath(config.FullPath(m.String(), part))})
+			}
+			return Object{Kind: "ltm snatpool", Name: config.DisplayPath(p.Name), Props: []Prop{members, partitionProp(p.Name)}}
+		},
+		create: func(c *config.Config, name string, cur *cursor) error {
+			c.Shared.SNATPools = append(c.Shared.SNATPools, config.SNATPool{Name: name})
+			return modify(c, name, cur)
+		},
+		modify: modify,
+		remove: func(c *config.Config, name string) error {
+			for _, v := range c.Shared.Virtuals {
+				if v.SNATPool == name {
+					return config.InUse("SNAT Pool", name, "Virtual Server", v.Name)
+				}
+			}
+			_, i := c.Shared.FindSNATPool(name)
+			c.Shared.SNATPools = slices.Delete(c.Shared.SNATPools, i, i+1)
+			return nil
+		},
+	}
+}
+
+func ltmVirtual() *kind {
+	modify := func(c *config.Config, name string, cur *cursor) error {
+		v, _ := c.Shared.FindVirtual(name)
+		part, _ := config.SplitPath(name)
+		poolExists := func(p string) bool { _, i := c.Shared.FindPool(p); return i >= 0 }
+		snatExists := func(p string) bool { _, i := c.Shared.FindSNATPool(p); return i >= 0 }
+		maskSet := false
+		for !cur.done() {
+			key, err := cur.key()
+			if err != nil {
+				return err
+			}
+			switch key {
+			case "enabled", "disabled":
+				v.Disabled = key == "disabled"
+				continue
+			case "profiles":
+				op, nodes, err := cur.listOp(key)
+				if err != nil {
+					return err
+				}
+				items, err := listItems(key, nodes)
+				if err != nil {
+					return err
+				}
+				var names []string
+				for _, it := range items {
+					_, n := config.SplitPath(it.name)
+					names = append(names, n)
+				}
+				if v.Profiles, err = applyList(key, op, v.Profiles, names, func(s string) string { return s }); err != nil {
+					return err
+				}
+				continue
+			case "source-address-translation":
+				nodes, err := cur.block(key)
+				if err != nil {
+					return err
+				}
+				sub := &cursor{nodes: nodes}
+				for !sub.done() {
+					k, err := sub.key()
+					if err != nil {
+						return err
+					}
+					w, err := sub.word(key + " " + k)
+					if err != nil {
+						return err
+					}
+					switch k {
+					case "type":
+						v.SNATType = w
+						if w == "none" {
+							v.SNATPool = ""
+						}
+					case "pool":
+						if w == "none" {
+							v.SNATPool = ""
+						} else {
+							v.SNATPool = resolveRef(w, part, snatExists)
+						}
+					default:
+						return unknownProp("source-address-translation", k)
+					}
+				}
+				continue
+			}
+			w, err := cur.word(key)
+			if err != nil {
+				return err
+			}
+			switch key {
+			case "destination":
+				ap, _, err := parseAddrPort(key, w)
+				if err != nil {
+					return err
+				}
+				v.Destination = ap
+				if !maskSet {
+					v.Mask = config.HostMask(ap.Addr())
+				}
+				if !v.Source.IsValid() || v.Source.Bits() == 0 {
+					v.Source = netip.PrefixFrom(anyAddr(ap.Addr()), 0)
+				}
+			case "ip-protocol":
+				if v.IPProtocol, err = parseOneOf(key, w, config.IPProtocols); err != nil {
+					return err
+				}
+			case "mask":
+				if v.Mask, err = parseAddr(key, w); err != nil {
+					return err
+				}
+				maskSet = true
+			case "source":
+				p, err := netip.ParsePrefix(w)
+				if err != nil {
+					return syntaxf("source: %q is not an address with its netmask (such as 0.0.0.0/0)", w)
+				}
+				v.Source = p
+			case "pool":
+				if w == "none" {
+					v.Pool = ""
+				} else {
+					v.Pool = resolveRef(w, part, poolExists)
+				}
+			case "mirror":
+				if v.Mirror, err = parseEnabled(key, w); err != nil {
+					return err
+				}
+			case "translate-address", "translate-port":
+				b, err := parseEnabled(key, w)
+				if err != nil {
+					return err
+				}
+				if !b {
+					return config.Invalid("ltm virtual %s: %s disabled is not supported: the appliance always translates to the pool member", name, key)
+				}
+			case "description":
+				v.Description = noneEmpty(w)
+			case "vs-index":
+				n, err := strconv.Atoi(w)
+				if err != nil || n < 1 {
+					return syntaxf("vs-index: %q must be a positive number", w)
+				}
+				v.VSIndex = n
+			default:
+				return unknownProp("ltm virtual", key)
+			}
+		}
+		return nil
+	}
+	return &kind{
+		module: "ltm", component: "virtual", help: "virtual servers: addresses that clients connect to", partitioned: true,
+		props: []string{"description", "destination", "disabled", "enabled", "ip-protocol", "mask", "mirror", "pool", "profiles", "source", "source-address-translation", "translate-address", "translate-port", "vs-index"},
+		names: func(c *config.Config) []string {
+			var out []string
+			for _, v := range c.Shared.Virtuals {
+				out = append(out, v.Name)
+			}
+			return out
+		},
+		render: func(c *config.Config, name string) Object {
+			v, _ := c.Shared.FindVirtual(name)
+			part, _ := config.SplitPath(v.Name)
+			profiles := Prop{Key: "profiles", IsBlock: true}
+			for _, p := range v.Profiles {
+				profiles.Block = append(profiles.Block, block(p))
+			}
+			snat := block("source-address-translation", val("type", "none"))
+			snat.Default = true
+			if v.SNATType == "snat" {
+				snat = block("source-address-translation", val("pool", refPath(v.SNATPool)), val("type", "snat"))
+			}
+			pool := v.Pool
+			if pool == "" {
+				pool = "none"
+			}
+			props := []Prop{
+				description(v.Description),
+				val("destination", config.DisplayPath(config.FullPath(formatAddrPort(v.Destination), part))),
+				val("ip-protocol", v.IPProtocol),
+				val("mask", v.Mask.String()),
+				def("mirror", enabledWord(v.Mirror), "disabled"),
+				partitionProp(v.Name),
+				def("pool", pool, "none"),
+				profiles,
+				val("source", v.Source.String()),
+				snat,
+				def("translate-address", "enabled", "enabled"),
+				def("translate-port", "enabled", "enabled"),
+				val("vs-index", strconv.Itoa(v.VSIndex)),
+			}
+			if v.Disabled {
+				props = append(props, Prop{Key: "disabled"})
+			}
+			return Object{Kind: "ltm virtual", Name: config.DisplayPath(v.Name), Props: props}
+		},
+		create: func(c *config.Config, name string, cur *cursor) error {
+			c.Shared.Virtuals = append(c.Shared.Virtuals, config.Virtual{
+				Name: name, IPProtocol: "tcp", SNATType: "none",
+				TranslateAddress: true, TranslatePort: true, VSIndex: c.Shared.NextVSIndex(),
+			})
+			if err := modify(c, name, cur); err != nil {
+				return err
+			}
+			v, _ := c.Shared.FindVirtual(name)
+			if !v.Destination.IsValid() {
+				return config.Invalid("ltm virtual %s: destination is required", name)
+			}
+			if len(v.Profiles) == 0 {
+				v.Profiles = []string{"fastL4"}
+			}
+			return nil
+		},
+		modify: modify,
+		remove: func(c *config.Config, name string) error {
+			_, i := c.Shared.FindVirtual(name)
+			c.Shared.Virtuals = slices.Delete(c.Shared.Virtuals, i, i+1)
+			return nil
+		},
+	}
+}
+
+func anyAddr(a netip.Addr) netip.Addr {
+	if a.Is4() {
+		return netip.IPv4Unspecified()
+	}
+	return netip.IPv6Unspecified()
+}

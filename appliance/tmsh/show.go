@@ -1,0 +1,258 @@
+package tmsh
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/openappliance/appliance/appliance/config"
+)
+
+// connFilterKeys are BIG-IP's show sys connection filters.
+var connFilterKeys = []string{"cs-client-addr", "cs-client-port", "cs-server-addr", "cs-server-port",
+	"ss-client-addr", "ss-client-port", "ss-server-addr", "ss-server-port", "protocol", "type", "virtual-server"}
+
+func parseConnFilter(args []Node) (ConnFilter, bool, error) {
+	var f ConnFilter
+	all := false
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a.IsBlock {
+			return f, false, syntaxf("%q unexpected argument", a.String())
+		}
+		if a.Word == "all-properties" {
+			all = true
+			continue
+		}
+		if i+1 >= len(args) || args[i+1].IsBlock {
+			return f, false, syntaxf("%q requires a value", a.Word)
+		}
+		v := args[i+1].Word
+		i++
+		var err error
+		switch a.Word {
+		case "type":
+			switch v {
+			case "mirror":
+				f.MirrorOnly = true
+			case "any":
+			default:
+				return f, false, syntaxf("type: %q must be any or mirror", v)
+			}
+		case "protocol":
+			switch v {
+			case "tcp":
+				f.Protocol = 6
+			case "udp":
+				f.Protocol = 17
+			default:
+				return f, false, syntaxf("protocol: %q must be tcp or udp", v)
+			}
+		case "cs-client-addr":
+			f.CSClientAddr, err = parseAddr(a.Word, v)
+		case "cs-server-addr":
+			f.CSServerAddr, err = parseAddr(a.Word, v)
+		case "ss-client-addr":
+			f.SSClientAddr, err = parseAddr(a.Word, v)
+		case "ss-server-addr":
+			f.SSServerAddr, err = parseAddr(a.Word, v)
+		case "cs-client-port":
+			f.CSClientPort, err = parseFilterPort(a.Word, v)
+		case "cs-server-port":
+			f.CSServerPort, err = parseFilterPort(a.Word, v)
+		case "ss-client-port":
+			f.SSClientPort, err = parseFilterPort(a.Word, v)
+		case "ss-server-port":
+			f.SSServerPort, err = parseFilterPort(a.Word, v)
+		case "virtual-server":
+			f.Virtual = config.FullPath(v, "")
+		default:
+			return f, false, syntaxf("%q unexpected argument", a.Word)
+		}
+		if err != nil {
+			return f, false, err
+		}
+	}
+	return f, all, nil
+}
+
+func parseFilterPort(prop, s string) (uint16, error) {
+	p, err := parsePort(s)
+	if err != nil || p == 0 {
+		return 0, syntaxf("%s: %q is not a port", prop, s)
+	}
+	return p, nil
+}
+
+// Match reports whether c passes the filter.
+func (f ConnFilter) Match(c Connection) bool {
+	switch {
+	case f.MirrorOnly && !c.Mirrored,
+		f.Protocol != 0 && f.Protocol != c.Protocol,
+		f.CSClientAddr.IsValid() && f.CSClientAddr != c.CSClient.Addr(),
+		f.CSClientPort != 0 && f.CSClientPort != c.CSClient.Port(),
+		f.CSServerAddr.IsValid() && f.CSServerAddr != c.CSServer.Addr(),
+		f.CSServerPort != 0 && f.CSServerPort != c.CSServer.Port(),
+		f.SSClientAddr.IsValid() && f.SSClientAddr != c.SSClient.Addr(),
+		f.SSClientPort != 0 && f.SSClientPort != c.SSClient.Port(),
+		f.SSServerAddr.IsValid() && f.SSServerAddr != c.SSServer.Addr(),
+		f.SSServerPort != 0 && f.SSServerPort != c.SSServer.Port(),
+		f.Virtual != "" && f.Virtual != c.Virtual:
+		return false
+	}
+	return true
+}
+
+// ProtocolName is the name tmsh prints for an IP protocol number.
+func ProtocolName(p uint8) string {
+	switch p {
+	case 6:
+		return "tcp"
+	case 17:
+		return "udp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// showConnections prints BIG-IP's Sys::Connections table. The traffic processor column that
+// BIG-IP fills with its tmm number has no Linux equivalent (the kernel does not pin a flow to
+// a CPU), so it reads "(tmm: none)"; the acceleration column gives the Linux flowtable
+// offload state. Rows stream out as the kernel's table is read.
+func (in *Interpreter) showConnections(ctx context.Context, args []Node, w io.Writer) error {
+	f, all, err := parseConnFilter(args)
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString("Sys::Connections\n")
+	n := 0
+	err = in.core.Connections(ctx, f, func(c Connection) error {
+		n++
+		writeConnRow(bw, c, all)
+		return nil
+	})
+	if err != nil {
+		bw.Flush()
+		return err
+	}
+	fmt.Fprintf(bw, "Total records returned: %d\n", n)
+	return bw.Flush()
+}
+
+func writeConnRow(w *bufio.Writer, c Connection, all bool) {
+	if all {
+		fmt.Fprintf(w, "%s  %s  %s  %s\n", formatAddrPort(c.CSClient), formatAddrPort(c.CSServer), formatAddrPort(c.SSClient), formatAddrPort(c.SSServer))
+		fmt.Fprintf(w, "---------------------------------------------------\n")
+		fmt.Fprintf(w, "  Protocol          %s\n", ProtocolName(c.Protocol))
+		fmt.Fprintf(w, "  Idle Time         %d\n", c.Idle)
+		fmt.Fprintf(w, "  State             %s\n", c.State)
+		fmt.Fprintf(w, "  Virtual Server    %s\n", c.Virtual)
+		fmt.Fprintf(w, "  Mirror            %s\n", enabledWord(c.Mirrored))
+		fmt.Fprintf(w, "  Acceleration      %s\n\n", c.Offload)
+		return
+	}
+	fmt.Fprintf(w, "%-21s  %-21s  %-21s  %-21s  %-4s %-5d (tmm: none)  %s\n",
+		formatAddrPort(c.CSClient), formatAddrPort(c.CSServer), formatAddrPort(c.SSClient), formatAddrPort(c.SSServer),
+		ProtocolName(c.Protocol), c.Idle, c.Offload)
+}
+
+func header(w *strings.Builder, title string, width int) {
+	line := strings.Repeat("-", width)
+	fmt.Fprintf(w, "%s\n%s\n%s\n", line, title, line)
+}
+
+func showFailoverStatus(w io.Writer, st FailoverStatus) error {
+	var b strings.Builder
+	header(&b, "CM::Failover Status", 22)
+	color := "gray"
+	switch st.State {
+	case "Active":
+		color = "green"
+	case "Standby":
+		color = "gray"
+	case "Offline":
+		color = "red"
+	}
+	active := 0
+	if st.State == "Active" {
+		active = 1
+	}
+	fmt.Fprintf(&b, "Color    %s\n", color)
+	fmt.Fprintf(&b, "Status   %s\n", strings.ToUpper(st.State))
+	fmt.Fprintf(&b, "Summary  %d/1 active\n", active)
+	fmt.Fprintf(&b, "Details\n")
+	if !st.Since.IsZero() {
+		fmt.Fprintf(&b, "         %s: %s\n", st.Since.Format("Mon Jan _2 15:04:05 2006"), st.Reason)
+	}
+	b.WriteString("\n")
+	header(&b, "CM::Failover Status Network Failover", 86)
+	fmt.Fprintf(&b, "%-18s %-21s %-18s %-21s %s\n", "Local Device Name", "Local Address", "Remote Device Name", "Remote Address", "Status")
+	if st.Peer != "" {
+		status := "Heartbeat lost"
+		if st.PeerAlive {
+			status = "Heartbeats received, peer " + st.PeerState
+		}
+		fmt.Fprintf(&b, "%-18s %-21s %-18s %-21s %s\n", st.Device, st.LocalAddress, st.Peer, st.PeerAddress, status)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func showSysFailover(w io.Writer, st FailoverStatus) error {
+	var b strings.Builder
+	header(&b, "Sys::Failover", 38)
+	fmt.Fprintf(&b, "Failover %s for %s\n", strings.ToLower(st.State), uptime(time.Since(st.Since)))
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// uptime prints a duration as BIG-IP does: 3d 18:36:17.
+func uptime(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	s := int64(d / time.Second)
+	return fmt.Sprintf("%dd %02d:%02d:%02d", s/86400, s%86400/3600, s%3600/60, s%60)
+}
+
+func showSyncStatus(w io.Writer, st FailoverStatus) error {
+	var b strings.Builder
+	header(&b, "CM::Sync Status", 44)
+	color := "green"
+	switch st.SyncStatus {
+	case "Changes Pending", "Awaiting Initial Sync":
+		color = "yellow"
+	case "Disconnected":
+		color = "red"
+	case "Standalone":
+		color = "blue"
+	}
+	fmt.Fprintf(&b, "Color    %s\n", color)
+	fmt.Fprintf(&b, "Status   %s\n", st.SyncStatus)
+	fmt.Fprintf(&b, "Summary  %s\n", st.SyncSummary)
+	fmt.Fprintf(&b, "Details\n")
+	if st.Group != "" {
+		fmt.Fprintf(&b, "         %s: %s\n", st.Group, st.SyncStatus)
+	}
+	if st.Peer != "" {
+		conn := "disconnected"
+		if st.PeerAlive {
+			conn = "connected"
+		}
+		fmt.Fprintf(&b, "         %s: %s\n", st.Peer, conn)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// MirrorKey is how the daemon decides whether a connection is mirrored: its protocol and
+// original destination are those of a mirror-enabled virtual.
+type MirrorKey struct {
+	Protocol uint8
+	Dest     netip.AddrPort
+}
