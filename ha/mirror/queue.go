@@ -1,0 +1,138 @@
+package mirror
+
+import "sync"
+
+type changeOp uint8
+
+const (
+	opUpsert changeOp = iota + 1
+	opDelete
+)
+
+// change is one queued Upsert or Delete.
+type change struct {
+	op   changeOp
+	key  packedKey
+	flow Flow // a delete carries Proto and Orig only
+}
+
+// queue holds the changes waiting to be sent: one per key, the latest winning, in the order
+// their keys were first queued. It is double-buffered: the Sender takes the whole pending batch
+// at once and writes it without the lock while producers fill the other buffer, so a producer
+// never waits on the network, only (briefly) on the lock.
+type queue struct {
+	max  int
+	wake chan struct{} // capacity 1: signalled when the queue becomes non-empty
+
+	mu         sync.Mutex
+	items      []change
+	index      map[packedKey]int // key -> position in items
+	spareItems []change          // the other buffer, given back by release
+	spareIndex map[packedKey]int
+}
+
+func newQueue(maxLen int) *queue {
+	return &queue{max: maxLen, wake: make(chan struct{}, 1), index: make(map[packedKey]int)}
+}
+
+// push queues c, replacing a queued change with the same key in place. When the queue already
+// holds max distinct keys, it drops them all and reports overflowed: the caller must force a
+// full sync, which carries the current state of every dropped key. c itself is queued either way.
+func (q *queue) push(c change) (overflowed bool) {
+	q.mu.Lock()
+	if i, ok := q.index[c.key]; ok {
+		q.items[i] = c
+		q.mu.Unlock()
+		return false // already pending, so the Sender has already been woken
+	}
+	if len(q.items) >= q.max {
+		clear(q.items)
+		q.items = q.items[:0]
+		clear(q.index)
+		overflowed = true
+	}
+	q.index[c.key] = len(q.items)
+	q.items = append(q.items, c)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return overflowed
+}
+
+// batch is what take hands out; give it back with release.
+type batch struct {
+	items []change
+	index map[packedKey]int
+}
+
+// take removes and returns every pending change, oldest key first.
+func (q *queue) take() batch {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.items) == 0 {
+		return batch{}
+	}
+	b := batch{items: q.items, index: q.index}
+	q.items, q.index = q.spareItems, q.spareIndex
+	q.spareItems, q.spareIndex = nil, nil
+	if q.index == nil {
+		q.index = make(map[packedKey]int)
+	}
+	return b
+}
+
+// release gives a taken batch's buffers back for reuse. It clears them outside the lock: only
+// the keys the batch held, since clearing a map is proportional to its capacity, which a past
+// burst may have made large.
+func (q *queue) release(b batch) {
+	if b.index == nil {
+		return
+	}
+	for i := range b.items {
+		delete(b.index, b.items[i].key)
+	}
+	clear(b.items)
+	q.mu.Lock()
+	q.spareItems, q.spareIndex = b.items[:0], b.index
+	q.mu.Unlock()
+}
+
+// putBack requeues changes that were taken but not written (the connection failed), ahead of
+// those queued since, skipping keys that have a newer change queued. If that would exceed max,
+// it keeps only the newer changes: a reconnection always starts with a full sync, which carries
+// the current state of every key anyway.
+func (q *queue) putBack(rest []change) {
+	if len(rest) == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(rest)+len(q.items) > q.max {
+		return
+	}
+	items := make([]change, 0, len(rest)+len(q.items))
+	for _, c := range rest {
+		if _, ok := q.index[c.key]; !ok {
+			items = append(items, c)
+		}
+	}
+	items = append(items, q.items...)
+	clear(q.index)
+	for i := range items {
+		q.index[items[i].key] = i
+	}
+	q.items = items
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// len returns the number of pending changes.
+func (q *queue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items)
+}
