@@ -248,6 +248,8 @@ func (in *Interpreter) show(ctx context.Context, s *Session, args []Node, w io.W
 		return showSysFailover(w, in.core.Failover())
 	case "cm sync-status":
 		return showSyncStatus(w, in.core.Failover())
+	case "sys mirror":
+		return showSysMirror(w, in.core.Failover())
 	}
 	return syntaxf("%q unexpected argument", comp)
 }

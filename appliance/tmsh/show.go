@@ -256,3 +256,30 @@ type MirrorKey struct {
 	Protocol uint8
 	Dest     netip.AddrPort
 }
+
+// showSysMirror prints the connection mirroring channel's state. BIG-IP has no single
+// command for it; this is the appliance's own, in the same layout.
+func showSysMirror(w io.Writer, st FailoverStatus) error {
+	var b strings.Builder
+	header(&b, "Sys::Mirror", 38)
+	role := "none"
+	switch st.State {
+	case "Active":
+		role = "sender"
+	case "Standby":
+		role = "receiver"
+	}
+	fmt.Fprintf(&b, "Role              %s\n", role)
+	fmt.Fprintf(&b, "Peer              %s\n", orNone(st.MirrorPeer))
+	fmt.Fprintf(&b, "Mirrored Flows    %d\n", st.MirroredFlows)
+	fmt.Fprintf(&b, "Channel           %s\n", orNone(st.MirrorSummary))
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

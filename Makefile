@@ -1,0 +1,35 @@
+# The README's two set-up commands are `make lab` and `make test`; both build first.
+GO      ?= go
+BIN     := bin
+LABDIR  := /run/appliance-lab
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: build test test-unit lab lab-down clean
+
+build:
+	$(GO) build -o $(BIN)/ ./appliance/cmd/applianced ./shell/cmd/tmsh ./tests/cmd/lab
+
+# Every test: unit tests and the privileged kernel and end-to-end tests (run as root).
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+# The tests that need neither root nor the kernel.
+test-unit:
+	$(GO) test -count=1 -short ./appliance/... ./ha/... ./shell/...
+
+# The two-appliance lab of the README; leaves you at lb1's tmsh.
+lab: build
+	$(BIN)/lab up -dir $(LABDIR) -bin $(BIN)
+	@echo "lb2's shell:   ip netns exec lab-lb2 $(BIN)/tmsh --socket $(LABDIR)/lb2.sock"
+	@echo "traffic:       ip netns exec lab-cl $(BIN)/lab client -conns 20"
+	@echo "fail lb1:      $(BIN)/lab fail lb1    (and back: $(BIN)/lab restart lb1)"
+	@echo "tear it down:  make lab-down"
+	$(BIN)/tmsh --socket $(LABDIR)/lb1.sock
+
+lab-down:
+	@test -x $(BIN)/lab || $(GO) build -o $(BIN)/ ./tests/cmd/lab
+	$(BIN)/lab down -dir $(LABDIR) -bin $(BIN)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,485 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+
+	"github.com/openappliance/appliance/appliance/config"
+	"github.com/openappliance/appliance/appliance/tmsh"
+	"github.com/openappliance/appliance/ha/failover"
+	"github.com/openappliance/appliance/ha/mirror"
+	"github.com/openappliance/appliance/kernel/conntrack"
+)
+
+// Ports of the peer channels.
+const (
+	HeartbeatPort = 1026
+	MirrorPort    = 1028
+)
+
+// eventBuffer is the conntrack event socket's receive buffer: large, so that a burst of new
+// connections does not overrun it (an overrun is repaired by a full resync, but costs one).
+const eventBuffer = 32 << 20
+
+// failoverConfig derives the failover machine's settings from the configuration.
+func (d *Daemon) failoverConfig(c *config.Config) failover.Config {
+	fc := failover.Config{
+		Device:  c.Local.Device.Name,
+		Timeout: c.NetTimeout(),
+		Payload: func() []byte { return []byte(config.Digest(d.Config().Shared)) },
+	}
+	for _, a := range c.Local.Device.UnicastAddresses {
+		fc.Listen = append(fc.Listen, netip.AddrPortFrom(a, HeartbeatPort))
+	}
+	if g, ok := c.FailoverGroup(); ok && g.NetworkFailover {
+		if peer, ok := c.Peer(); ok {
+			for _, a := range peer.UnicastAddresses {
+				fc.Peers = append(fc.Peers, netip.AddrPortFrom(a, HeartbeatPort))
+			}
+		}
+	}
+	return fc
+}
+
+// hooks are what the failover machine drives.
+type hooks struct{ d *Daemon }
+
+// BecomeActive: the mirror stream stops, the floating addresses come up (the mirrored
+// entries are already in this kernel, so there is no race with the first packets), one
+// gratuitous ARP goes out at once, and mirroring to the peer starts.
+func (h hooks) BecomeActive(ctx context.Context, reason string) error {
+	d := h.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.logger.Info("becoming Active", "reason", reason)
+	d.active = true
+	d.roles.stop()
+	cfg := d.Config()
+	d.announce(d.addFloating(&cfg, nil))
+	d.roles.start(&cfg)
+	return nil
+}
+
+// BecomeStandby: mirroring to the peer stops, the floating addresses go, and the device
+// listens for the peer's mirror stream.
+func (h hooks) BecomeStandby(ctx context.Context, reason string) error {
+	d := h.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.logger.Info("becoming Standby", "reason", reason)
+	d.active = false
+	d.roles.stop()
+	cfg := d.Config()
+	d.removeFloating(&cfg, nil)
+	d.roles.start(&cfg)
+	return nil
+}
+
+// ForceStandby runs `run sys failover standby`.
+func (d *Daemon) ForceStandby(ctx context.Context) error {
+	d.mu.Lock()
+	fsm := d.fsm
+	d.mu.Unlock()
+	if fsm == nil {
+		return fmt.Errorf("failover is not running yet")
+	}
+	if err := fsm.ForceStandby(); err != nil {
+		return config.Invalid("%v", err)
+	}
+	return nil
+}
+
+// roleRunner runs what the device's role needs: on the Active, the conntrack event
+// listener and the mirror sender; on the Standby, the mirror receiver. Its methods are
+// called with Daemon.mu held.
+type roleRunner struct {
+	d        *Daemon
+	base     context.Context // the daemon's lifetime
+	bg       sync.WaitGroup  // background work such as gratuitous ARP
+	cancel   context.CancelFunc
+	done     sync.WaitGroup
+	key      string
+	sender   *mirror.Sender
+	receiver *mirror.Receiver
+	statsMu  sync.Mutex
+}
+
+// goBackground runs fn until the daemon stops.
+func (r *roleRunner) goBackground(fn func(ctx context.Context)) {
+	if r.base == nil {
+		return
+	}
+	r.bg.Add(1)
+	go func() {
+		defer r.bg.Done()
+		fn(r.base)
+	}()
+}
+
+func (r *roleRunner) roleKey(c *config.Config) string {
+	if r.d.active {
+		peers := senderPeers(c)
+		return fmt.Sprint("active", peers)
+	}
+	return fmt.Sprint("standby", receiverAddrs(c))
+}
+
+func senderPeers(c *config.Config) []netip.AddrPort {
+	peer, ok := c.Peer()
+	if !ok {
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, a := range []netip.Addr{peer.MirrorIP, peer.MirrorSecondaryIP} {
+		if a.IsValid() {
+			out = append(out, netip.AddrPortFrom(a, MirrorPort))
+		}
+	}
+	return out
+}
+
+func receiverAddrs(c *config.Config) []netip.AddrPort {
+	var out []netip.AddrPort
+	for _, a := range []netip.Addr{c.Local.Device.MirrorIP, c.Local.Device.MirrorSecondaryIP} {
+		if a.IsValid() {
+			out = append(out, netip.AddrPortFrom(a, MirrorPort))
+		}
+	}
+	return out
+}
+
+// refresh restarts the role's workers if the addresses they use changed.
+func (r *roleRunner) refresh(c *config.Config) {
+	if r.base == nil || r.cancel == nil && r.key == "" {
+		return
+	}
+	if r.roleKey(c) != r.key {
+		r.stop()
+		r.start(c)
+	}
+}
+
+func (r *roleRunner) stop() {
+	if r.cancel != nil {
+		r.cancel()
+		r.done.Wait()
+		r.cancel = nil
+	}
+	if r.receiver != nil {
+		// The entries stay in the kernel: they are ours now, or the peer will resync them.
+		r.receiver.Forget()
+	}
+	r.statsMu.Lock()
+	r.sender, r.receiver = nil, nil
+	r.statsMu.Unlock()
+	r.key = ""
+}
+
+func (r *roleRunner) start(c *config.Config) {
+	if r.base == nil {
+		return
+	}
+	d := r.d
+	r.key = r.roleKey(c)
+	ctx, cancel := context.WithCancel(r.base)
+	r.cancel = cancel
+	logger := d.logger.With("component", "mirror")
+	if d.active {
+		peers := senderPeers(c)
+		if len(peers) == 0 {
+			return
+		}
+		// The listener's socket exists before the first dump, so no change falls between them.
+		listener, err := conntrack.NewListener(eventBuffer)
+		if err != nil {
+			logger.Error("conntrack events unavailable: mirroring stopped", slog.Any("err", err))
+			return
+		}
+		sender := mirror.NewSender(mirror.SenderConfig{
+			Device:   c.Local.Device.Name,
+			Peers:    peers,
+			Snapshot: d.snapshot,
+			Logger:   logger,
+		})
+		r.statsMu.Lock()
+		r.sender = sender
+		r.statsMu.Unlock()
+		r.done.Add(2)
+		go func() {
+			defer r.done.Done()
+			sender.Run(ctx)
+		}()
+		go func() {
+			defer r.done.Done()
+			defer listener.Close()
+			err := listener.Run(ctx, func(ev conntrack.Event) { d.onEvent(sender, ev) })
+			if err != nil && ctx.Err() == nil {
+				logger.Error("conntrack event listener stopped", slog.Any("err", err))
+			}
+		}()
+		logger.Info("mirroring to peer", "peers", peers)
+		return
+	}
+	addrs := receiverAddrs(c)
+	if len(addrs) == 0 {
+		return
+	}
+	receiver := mirror.NewReceiver(mirror.ReceiverConfig{Listen: addrs, Table: flowWriter{d}, Logger: logger})
+	r.statsMu.Lock()
+	r.receiver = receiver
+	r.statsMu.Unlock()
+	r.done.Add(1)
+	go func() {
+		defer r.done.Done()
+		receiver.Run(ctx)
+	}()
+	logger.Info("receiving mirror stream", "listen", addrs)
+}
+
+// onEvent mirrors one conntrack event, if it belongs to a mirror-enabled virtual.
+func (d *Daemon) onEvent(sender *mirror.Sender, ev conntrack.Event) {
+	switch ev.Type {
+	case conntrack.EventOverrun:
+		d.logger.Warn("conntrack events lost (socket overrun): resyncing the peer")
+		sender.Resync()
+		return
+	}
+	v := d.mirror.Load().lookup(ev.Flow.Proto, ev.Flow.Orig.Dst)
+	if v == nil || !v.Mirror {
+		return
+	}
+	if ev.Type == conntrack.EventDestroy {
+		sender.Delete(toMirror(ev.Flow))
+	} else {
+		sender.Upsert(toMirror(ev.Flow))
+	}
+}
+
+// snapshot gives the sender every flow of a mirror-enabled virtual, for a full sync.
+func (d *Daemon) snapshot(ctx context.Context, fn func(mirror.Flow) error) error {
+	idx := d.mirror.Load()
+	return d.dumpTable.Dump(ctx, func(f conntrack.Flow) error {
+		if v := idx.lookup(f.Proto, f.Orig.Dst); v != nil && v.Mirror {
+			return fn(toMirror(f))
+		}
+		return nil
+	})
+}
+
+// flowWriter puts mirrored flows into this kernel.
+type flowWriter struct{ d *Daemon }
+
+func (w flowWriter) Inject(f mirror.Flow) error { return w.d.injTable.Inject(toKernel(f)) }
+func (w flowWriter) Delete(f mirror.Flow) error { return w.d.injTable.Delete(toKernel(f)) }
+
+func toMirror(f conntrack.Flow) mirror.Flow {
+	return mirror.Flow{
+		Proto:    f.Proto,
+		Orig:     mirror.Tuple{Src: f.Orig.Src, Dst: f.Orig.Dst},
+		Reply:    mirror.Tuple{Src: f.Reply.Src, Dst: f.Reply.Dst},
+		TCPState: f.TCPState,
+		Timeout:  f.Timeout,
+		Mark:     f.Mark,
+	}
+}
+
+func toKernel(f mirror.Flow) conntrack.Flow {
+	return conntrack.Flow{
+		Proto:    f.Proto,
+		Orig:     conntrack.Tuple{Src: f.Orig.Src, Dst: f.Orig.Dst},
+		Reply:    conntrack.Tuple{Src: f.Reply.Src, Dst: f.Reply.Dst},
+		TCPState: f.TCPState,
+		Timeout:  f.Timeout,
+		Mark:     f.Mark,
+	}
+}
+
+// virtualIndex finds the virtual a flow was sent to, by protocol and original destination.
+type virtualIndex struct {
+	byDest map[destKey]*config.Virtual
+}
+
+type destKey struct {
+	proto uint8
+	dest  netip.AddrPort
+}
+
+func newVirtualIndex(c *config.Config) *virtualIndex {
+	idx := &virtualIndex{byDest: map[destKey]*config.Virtual{}}
+	for i := range c.Shared.Virtuals {
+		v := &c.Shared.Virtuals[i]
+		idx.byDest[destKey{protoNumber(v.IPProtocol), v.Destination}] = v
+	}
+	return idx
+}
+
+func (x *virtualIndex) lookup(proto uint8, dst netip.AddrPort) *config.Virtual {
+	if v := x.byDest[destKey{proto, dst}]; v != nil {
+		return v
+	}
+	return x.byDest[destKey{proto, netip.AddrPortFrom(dst.Addr(), 0)}]
+}
+
+// Connections streams the kernel's entries of virtual servers; see tmsh.Core.
+func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tmsh.Connection) error) error {
+	t, err := conntrack.Open()
+	if err != nil {
+		return fmt.Errorf("open conntrack: %w", err)
+	}
+	defer t.Close()
+	idx := d.mirror.Load()
+	defaults := map[[2]uint8]uint32{}
+	return t.Dump(ctx, func(fl conntrack.Flow) error {
+		v := idx.lookup(fl.Proto, fl.Orig.Dst)
+		if v == nil {
+			return nil
+		}
+		c := tmsh.Connection{
+			Protocol: fl.Proto,
+			CSClient: fl.Orig.Src,
+			CSServer: fl.Orig.Dst,
+			SSClient: fl.Reply.Dst,
+			SSServer: fl.Reply.Src,
+			State:    tcpStateName(fl),
+			Offload:  offloadName(fl.Status),
+			Virtual:  v.Name,
+			Mirrored: v.Mirror,
+		}
+		k := [2]uint8{fl.Proto, fl.TCPState}
+		def, ok := defaults[k]
+		if !ok {
+			def, _ = conntrack.DefaultTimeout(fl.Proto, fl.TCPState)
+			defaults[k] = def
+		}
+		if def > fl.Timeout {
+			c.Idle = def - fl.Timeout
+		}
+		if !f.Match(c) {
+			return nil
+		}
+		return fn(c)
+	})
+}
+
+func tcpStateName(f conntrack.Flow) string {
+	if f.Proto != 6 {
+		return ""
+	}
+	names := []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
+	if int(f.TCPState) < len(names) {
+		return names[f.TCPState]
+	}
+	return fmt.Sprint(f.TCPState)
+}
+
+// offloadName is the Linux counterpart of BIG-IP's flow acceleration column: whether the
+// entry is offloaded to an nftables flowtable (IPS_OFFLOAD) or to hardware (IPS_HW_OFFLOAD).
+func offloadName(status uint32) string {
+	const offload, hwOffload = 1 << 14, 1 << 15
+	switch {
+	case status&hwOffload != 0:
+		return "hw-offload"
+	case status&offload != 0:
+		return "sw-offload"
+	}
+	return "none"
+}
+
+// Failover reports the HA state; see tmsh.Core.
+func (d *Daemon) Failover() tmsh.FailoverStatus {
+	cfg := d.Config()
+	d.mu.Lock()
+	fsm := d.fsm
+	d.mu.Unlock()
+	st := tmsh.FailoverStatus{Device: cfg.Local.Device.Name, State: "Offline", NetTimeout: cfg.NetTimeout()}
+	if len(cfg.Local.Device.UnicastAddresses) > 0 {
+		st.LocalAddress = netip.AddrPortFrom(cfg.Local.Device.UnicastAddresses[0], HeartbeatPort).String()
+	}
+	if peer, ok := cfg.Peer(); ok {
+		st.Peer = peer.Name
+		if len(peer.UnicastAddresses) > 0 {
+			st.PeerAddress = netip.AddrPortFrom(peer.UnicastAddresses[0], HeartbeatPort).String()
+		}
+	}
+	if g, ok := cfg.FailoverGroup(); ok {
+		st.Group = g.Name
+	}
+	var peerDigest string
+	if fsm != nil {
+		fs := fsm.Status()
+		st.State = fs.State.String()
+		st.Since = fs.Since
+		st.Reason = fs.Reason
+		st.PeerAlive = fs.PeerAlive
+		st.PeerState = fs.PeerState.String()
+		st.PeerLastHeard = fs.PeerLastHeard
+		st.Failovers = fs.Failovers
+		st.HeartbeatsSent = fs.HeartbeatsSent
+		st.HeartbeatsRecv = fs.HeartbeatsReceived
+		if fs.Peer != "" && st.Peer == "" {
+			st.Peer = fs.Peer
+		}
+		peerDigest = string(fs.PeerPayload)
+	}
+	switch {
+	case st.Group == "":
+		st.SyncStatus, st.SyncSummary = "Standalone", "This device is not in a sync-failover device group"
+	case !st.PeerAlive:
+		st.SyncStatus, st.SyncSummary = "Disconnected", "The peer device is not reachable"
+	case peerDigest == config.Digest(cfg.Shared):
+		st.SyncStatus, st.SyncSummary = "In Sync", "All devices in the device group are in sync"
+	default:
+		st.SyncStatus, st.SyncSummary = "Changes Pending", "There is a possible change conflict between "+strings.Join([]string{cfg.Local.Device.Name, st.Peer}, " and ")
+	}
+	d.roles.statsMu.Lock()
+	if s := d.roles.sender; s != nil {
+		ss := s.Stats()
+		st.MirrorPeer = ss.Peer.String()
+		st.MirrorSummary = fmt.Sprintf("sending: connected=%v flows=%d deletes=%d syncs=%d queue=%d", ss.Connected, ss.FlowsSent, ss.DeletesSent, ss.Syncs, ss.QueueLen)
+	}
+	if r := d.roles.receiver; r != nil {
+		rs := r.Stats()
+		st.MirroredFlows = uint64(rs.Flows)
+		st.MirrorPeer = rs.PeerDevice
+		st.MirrorSummary = fmt.Sprintf("receiving: connected=%v flows=%d applied=%d errors=%d syncs=%d", rs.Connected, rs.Flows, rs.Applied, rs.InjectErrors, rs.Syncs)
+	}
+	d.roles.statsMu.Unlock()
+	return st
+}
+
+// PromptStatus is what the shell's prompt shows.
+func (d *Daemon) PromptStatus() (host, state, sync string) {
+	st := d.Failover()
+	return st.Device, st.State, st.SyncStatus
+}
+
+// onConfigChange calls fn after each configuration change; the returned func stops that.
+func (d *Daemon) onConfigChange(fn func()) func() {
+	d.watchMu.Lock()
+	defer d.watchMu.Unlock()
+	id := d.nextWatch
+	d.nextWatch++
+	d.watchers[id] = fn
+	return func() {
+		d.watchMu.Lock()
+		defer d.watchMu.Unlock()
+		delete(d.watchers, id)
+	}
+}
+
+func (d *Daemon) notifyWatchers() {
+	d.watchMu.Lock()
+	fns := make([]func(), 0, len(d.watchers))
+	for _, fn := range d.watchers {
+		fns = append(fns, fn)
+	}
+	d.watchMu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+

@@ -1,0 +1,128 @@
+package failover
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// State is a device's failover state. Its String is BIG-IP's word for it, as used in the
+// tmsh prompt.
+type State uint8
+
+const (
+	// StateOffline is a device that takes no part: Run has not started (or has ended), or
+	// the first BecomeStandby has not finished yet.
+	StateOffline State = iota
+	// StateStandby is a device that takes no traffic and receives the mirror stream.
+	StateStandby
+	// StateActive is the device that owns the floating addresses and takes traffic.
+	StateActive
+)
+
+// String returns "Offline", "Standby" or "Active".
+func (s State) String() string {
+	switch s {
+	case StateOffline:
+		return "Offline"
+	case StateStandby:
+		return "Standby"
+	case StateActive:
+		return "Active"
+	}
+	return "State(" + strconv.Itoa(int(s)) + ")"
+}
+
+func (s State) valid() bool { return s <= StateActive }
+
+// view is everything the transition function may look at: the facts one device has, at
+// one instant, about itself and its peer.
+type view struct {
+	self      string        // this device's name
+	yielding  bool          // we have yielded (ForceStandby) and the peer has not yet been seen Active
+	listening bool          // at least one heartbeat socket has been bound
+	listened  time.Duration // time since the first socket was bound
+	timeout   time.Duration // failover.nettimeout
+	peer      peerView
+}
+
+// peerView is what was heard from the peer.
+type peerView struct {
+	name     string // "" if no peer has been heard
+	alive    bool   // heard within timeout
+	state    State  // its state in its latest heartbeat
+	yielding bool   // its yield flag in its latest heartbeat
+}
+
+// next is the transition function: given the current state and the facts, the state to be
+// in and why. It is pure, so both devices compute the same answer from the same facts
+// (the tie-breaks are by device name). A reason is returned even when the state is kept.
+func next(cur State, v view) (State, string) {
+	switch cur {
+	case StateStandby:
+		return standby(v)
+	case StateActive:
+		return active(v)
+	default:
+		return offline(v)
+	}
+}
+
+// offline: Run has just started; BecomeStandby is called so that the kernel state is clean
+// whatever an earlier run left behind.
+func offline(view) (State, string) {
+	return StateStandby, "starting"
+}
+
+func standby(v view) (State, string) {
+	p := v.peer
+	waited := v.listening && v.listened >= v.timeout
+	if !p.alive {
+		switch {
+		case !v.listening:
+			return StateStandby, "waiting for a heartbeat socket to bind"
+		case p.name != "":
+			return StateActive, fmt.Sprintf("peer %s heartbeat lost after %s", p.name, v.timeout)
+		case !waited:
+			return StateStandby, fmt.Sprintf("waiting %s to hear a peer", v.timeout)
+		default:
+			return StateActive, fmt.Sprintf("no peer heard within %s", v.timeout)
+		}
+	}
+	switch p.state {
+	case StateActive:
+		return StateStandby, fmt.Sprintf("peer %s is active", p.name)
+	case StateOffline:
+		// The peer has just started; give it the same chance to become Standby that a
+		// silent peer gets, then take over (an Offline device cannot take traffic).
+		if !waited {
+			return StateStandby, fmt.Sprintf("peer %s is starting", p.name)
+		}
+		return StateActive, fmt.Sprintf("peer %s is offline", p.name)
+	}
+	// Both Standby.
+	switch {
+	case v.yielding && !p.yielding:
+		return StateStandby, fmt.Sprintf("yielded to peer %s", p.name)
+	case p.yielding && !v.yielding:
+		return StateActive, fmt.Sprintf("peer %s yielded", p.name)
+	}
+	if v.self < p.name {
+		return StateActive, fmt.Sprintf("tie-break: both standby, %s < %s", v.self, p.name)
+	}
+	return StateStandby, fmt.Sprintf("tie-break: both standby, %s < %s", p.name, v.self)
+}
+
+func active(v view) (State, string) {
+	p := v.peer
+	switch {
+	case !p.alive:
+		return StateActive, "no peer alive"
+	case p.state != StateActive:
+		return StateActive, fmt.Sprintf("peer %s is %s", p.name, p.state)
+	case v.self > p.name:
+		return StateStandby, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, p.name, v.self)
+	default:
+		return StateActive, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, v.self, p.name)
+	}
+}
