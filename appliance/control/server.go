@@ -32,6 +32,9 @@ type Server struct {
 
 // NewServer returns a server running commands with interp.
 func NewServer(interp *tmsh.Interpreter, status StatusFunc, logger *slog.Logger) *Server {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
 	return &Server{interp: interp, status: status, logger: logger}
 }
 
