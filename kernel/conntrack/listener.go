@@ -1,0 +1,219 @@
+package conntrack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	ct "github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+)
+
+// EventType says what happened to an entry.
+type EventType uint8
+
+// Event types. EventOverrun is not about one entry: the kernel dropped events.
+const (
+	EventNew EventType = iota + 1
+	EventUpdate
+	EventDestroy
+	EventOverrun
+)
+
+// String returns "new", "update", "destroy" or "overrun".
+func (t EventType) String() string {
+	switch t {
+	case EventNew:
+		return "new"
+	case EventUpdate:
+		return "update"
+	case EventDestroy:
+		return "destroy"
+	case EventOverrun:
+		return "overrun"
+	default:
+		return fmt.Sprintf("event-%d", uint8(t))
+	}
+}
+
+// Event is a change in the table. EventOverrun carries no Flow: events were lost (ENOBUFS)
+// and the caller must re-dump.
+type Event struct {
+	Type EventType
+	Flow Flow
+	// PortID is the netlink port id of the socket whose request made the change, as
+	// the kernel puts it in the event's header (ctnetlink_conntrack_event), or 0 when
+	// packets, timeouts or the kernel itself made it. Compare it with Table.PortID to
+	// ignore the events of one's own Inject and Delete calls.
+	PortID uint32
+}
+
+// Netfilter multicast groups of conntrack events (enum nfnetlink_groups).
+const (
+	groupCTNew     = 1 // NFNLGRP_CONNTRACK_NEW
+	groupCTUpdate  = 2 // NFNLGRP_CONNTRACK_UPDATE
+	groupCTDestroy = 3 // NFNLGRP_CONNTRACK_DESTROY
+)
+
+// Listener receives conntrack events (new, update, destroy) of IPv4/IPv6 TCP/UDP entries
+// of its namespace: the one current when NewListener was called. It reads its own netlink
+// socket in its own loop rather than ti-mo/conntrack's Listen, whose workers stop at the
+// first receive error, ENOBUFS included (DESIGN fact 8).
+//
+// A Listener is used by one Run; Close may be called from any goroutine, at any time.
+type Listener struct {
+	conn *netlink.Conn
+
+	running   atomic.Bool
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewListener subscribes to the conntrack event groups in the calling thread's network
+// namespace. Events are queued in the socket from then on, before Run is called. When
+// bufBytes > 0 the socket's receive buffer is set to bufBytes with SO_RCVBUFFORCE (which
+// needs CAP_NET_ADMIN and ignores net.core.rmem_max), falling back to SO_RCVBUF (capped by
+// rmem_max); the kernel doubles the value and enforces a small minimum.
+func NewListener(bufBytes int) (*Listener, error) {
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dial conntrack events: %w", err)
+	}
+	l := &Listener{conn: c}
+	for _, g := range []uint32{groupCTNew, groupCTUpdate, groupCTDestroy} {
+		if err := c.JoinGroup(g); err != nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("join conntrack event group %d: %w", g, err)
+		}
+	}
+	if bufBytes > 0 {
+		if err := l.setReadBuffer(bufBytes); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Listener) setReadBuffer(n int) error {
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("conntrack event socket: %w", err)
+	}
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+		if serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n)
+		}
+	})
+	if err := errors.Join(cerr, serr); err != nil {
+		return fmt.Errorf("set conntrack event receive buffer to %d bytes: %w", n, err)
+	}
+	return nil
+}
+
+// ReadBuffer returns the socket's receive buffer size as the kernel reports it (SO_RCVBUF,
+// which is twice the size that was asked for).
+func (l *Listener) ReadBuffer() (int, error) {
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("conntrack event socket: %w", err)
+	}
+	var n int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		n, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+	}); err != nil {
+		return 0, fmt.Errorf("conntrack event socket: %w", err)
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("get conntrack event receive buffer: %w", serr)
+	}
+	return n, nil
+}
+
+// Run delivers events to fn, in kernel order, until ctx is cancelled or Close is called
+// (then it returns nil) or an unrecoverable receive error (returned). fn runs on Run's
+// goroutine; while it runs, events queue in the socket, and when the socket's buffer
+// overflows the kernel drops events: Run then delivers EventOverrun and carries on. A
+// message that cannot be decoded is also reported as EventOverrun, since its change is
+// lost too. Run closes the Listener when it returns and can be called only once.
+func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
+	if !l.running.CompareAndSwap(false, true) {
+		return ErrListenerRunning
+	}
+	defer l.Close()
+	// A deadline in the past wakes a blocked receive; Close would too, but would race
+	// with a receive that has not started yet.
+	stop := context.AfterFunc(ctx, func() { _ = l.conn.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	for {
+		if ctx.Err() != nil || l.closed.Load() {
+			return nil
+		}
+		msgs, err := l.conn.Receive()
+		if err != nil {
+			switch {
+			case ctx.Err() != nil || l.closed.Load():
+				return nil
+			case errors.Is(err, unix.ENOBUFS):
+				fn(Event{Type: EventOverrun})
+				continue
+			default:
+				return fmt.Errorf("receive conntrack events: %w", err)
+			}
+		}
+		for _, m := range msgs {
+			ev, ok, err := decodeEvent(m)
+			switch {
+			case err != nil:
+				fn(Event{Type: EventOverrun})
+			case ok:
+				fn(ev)
+			}
+		}
+	}
+}
+
+// Close closes the socket, which ends a running Run. Calling it again returns the first
+// result.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		if err := l.conn.Close(); err != nil {
+			l.closeErr = fmt.Errorf("close conntrack events: %w", err)
+		}
+	})
+	return l.closeErr
+}
+
+// decodeEvent decodes one event message. ok is false (with a nil error) for events the
+// appliance does not follow: expectations and entries that are neither TCP nor UDP.
+func decodeEvent(m netlink.Message) (ev Event, ok bool, err error) {
+	var ce ct.Event
+	if err := ce.Unmarshal(m); err != nil {
+		return Event{}, false, fmt.Errorf("decode conntrack event: %w", err)
+	}
+	switch ce.Type {
+	case ct.EventNew:
+		ev.Type = EventNew
+	case ct.EventUpdate:
+		ev.Type = EventUpdate
+	case ct.EventDestroy:
+		ev.Type = EventDestroy
+	default:
+		return Event{}, false, nil
+	}
+	ev.Flow, ok = flowFromCT(ce.Flow)
+	if !ok {
+		return Event{}, false, nil
+	}
+	ev.PortID = m.Header.PID
+	return ev, true, nil
+}

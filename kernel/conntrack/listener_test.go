@@ -1,0 +1,203 @@
+package conntrack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestListenerEvents is modelled on ti-mo/conntrack's event test: create, update and
+// delete a flow, and expect exactly those events, with the NATed reply tuple.
+func TestListenerEvents(t *testing.T) {
+	ns := natNS(t, "ctlev")
+	tbl := openTable(t, ns)
+	events, _ := listen(t, ns, 1<<20)
+
+	for _, f := range []Flow{{
+		Proto: unix.IPPROTO_TCP, TCPState: TCPStateEstablished, Timeout: 120, Mark: 5,
+		Orig:  tup("10.0.0.1:40000", "10.0.0.10:3306"),
+		Reply: tup("10.1.0.100:3306", "10.1.0.10:40000"),
+	}, {
+		Proto: unix.IPPROTO_UDP, Timeout: 120,
+		Orig:  tup("[fd00::1]:5000", "[fd00::10]:53"),
+		Reply: tup("[fd01::100]:53", "[fd00::1]:5000"),
+	}} {
+		t.Run(f.String(), func(t *testing.T) {
+			if err := tbl.Inject(f); err != nil {
+				t.Fatal(err)
+			}
+			got := expectEvents(t, events, Event{Type: EventNew, Flow: f})
+			if len(got) > 0 {
+				checkFlow(t, f, got[0].Flow)
+				if got[0].PortID == 0 || got[0].PortID != tbl.PortID() {
+					t.Errorf("event port id %d, want the table's %d", got[0].PortID, tbl.PortID())
+				}
+			}
+
+			f.Timeout = 240
+			if err := tbl.Inject(f); err != nil {
+				t.Fatal(err)
+			}
+			got = expectEvents(t, events, Event{Type: EventUpdate, Flow: f})
+			if len(got) > 0 {
+				checkFlow(t, f, got[0].Flow)
+			}
+
+			if err := tbl.Delete(f); err != nil {
+				t.Fatal(err)
+			}
+			got = expectEvents(t, events, Event{Type: EventDestroy, Flow: f})
+			if len(got) > 0 && got[0].Flow.Reply != f.Reply {
+				t.Errorf("destroy event reply = %v, want %v", got[0].Flow.Reply, f.Reply)
+			}
+		})
+	}
+}
+
+// TestListenerOverrun proves that a listener whose socket overflows reports EventOverrun
+// and then carries on delivering events.
+func TestListenerOverrun(t *testing.T) {
+	ns := natNS(t, "ctlov")
+	tbl := openTable(t, ns)
+
+	var l *Listener
+	ns.MustDo(func() (err error) {
+		l, err = NewListener(1) // the kernel's minimum: a few events fill it
+		return err
+	})
+	if n, err := l.ReadBuffer(); err != nil || n > 8192 {
+		t.Fatalf("receive buffer = %d, %v; want the kernel minimum", n, err)
+	}
+
+	// Fill the socket before Run reads anything: events queue from NewListener on.
+	const burst = 200
+	flow := func(i int) Flow {
+		return Flow{
+			Proto: unix.IPPROTO_UDP, Timeout: 60,
+			Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(10000+i)), Dst: ap("10.0.0.10:53")},
+			Reply: Tuple{Src: ap("10.1.0.100:53"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), uint16(10000+i))},
+		}
+	}
+	for i := range burst {
+		if err := tbl.Inject(flow(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan Event, 2*burst)
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, func(e Event) { events <- e }) }()
+
+	// The first thing read is the overrun, then what the socket had room for. Once Run
+	// has drained the socket the kernel delivers again (it stays "congested", dropping
+	// silently, until the queue is empty), so keep adding flows until one is seen.
+	var overruns, news int
+	next := burst
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case e := <-events:
+			switch e.Type {
+			case EventOverrun:
+				overruns++
+			case EventNew:
+				news++
+				if port := e.Flow.Orig.Src.Port(); overruns > 0 && port >= 10000+burst {
+					break wait // Run carried on past the overrun
+				}
+			}
+		case <-tick.C:
+			if overruns > 0 {
+				if err := tbl.Inject(flow(next)); err != nil {
+					t.Fatal(err)
+				}
+				next++
+			}
+		case <-timeout:
+			t.Fatalf("after 10s: %d overruns, %d new events, none after the overrun", overruns, news)
+		}
+	}
+	if news > burst/2 {
+		t.Errorf("%d of %d new events delivered: the buffer was not overrun", news, next)
+	}
+	t.Logf("%d overruns, %d of %d new events delivered", overruns, news, next)
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v after cancel, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of cancel")
+	}
+}
+
+// TestListenerClose proves that Close ends Run with nil, that Run runs only once, and
+// that a context cancelled before Run makes it return at once.
+func TestListenerClose(t *testing.T) {
+	ns := natNS(t, "ctlcl")
+	newListener := func() *Listener {
+		var l *Listener
+		ns.MustDo(func() (err error) {
+			l, err = NewListener(0)
+			return err
+		})
+		return l
+	}
+
+	l := newListener()
+	done := make(chan error, 1)
+	go func() { done <- l.Run(context.Background(), func(Event) {}) }()
+	time.Sleep(50 * time.Millisecond) // let Run block in receive
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v after Close, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of Close")
+	}
+	if err := l.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+	if err := l.Run(context.Background(), func(Event) {}); !errors.Is(err, ErrListenerRunning) {
+		t.Errorf("second Run = %v, want ErrListenerRunning", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := newListener().Run(ctx, func(Event) {}); err != nil {
+		t.Errorf("Run with a cancelled context = %v, want nil", err)
+	}
+}
+
+func ExampleListener_Run() {
+	l, err := NewListener(8 << 20)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = l.Run(ctx, func(e Event) {
+		if e.Type == EventOverrun {
+			// events were lost: dump the table again and reconcile
+			return
+		}
+		fmt.Println(e.Type, e.Flow)
+	})
+}
