@@ -63,9 +63,9 @@ func New(opts Options) (*Daemon, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	d := &Daemon{
-		opts:    opts,
-		logger:  opts.Logger,
-		store:   config.Store{Path: opts.ConfigPath},
+		opts:     opts,
+		logger:   opts.Logger,
+		store:    config.Store{Path: opts.ConfigPath},
 		adopted:  map[string]bool{},
 		added:    map[string]bool{},
 		watchers: map[int]func(){},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/openappliance/appliance/ha/failover"
 	"github.com/openappliance/appliance/ha/mirror"
 	"github.com/openappliance/appliance/kernel/conntrack"
+	"github.com/openappliance/appliance/kernel/link"
 )
 
 // Ports of the peer channels.
@@ -333,6 +335,7 @@ func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tms
 	defer t.Close()
 	idx := d.mirror.Load()
 	defaults := map[[2]uint8]uint32{}
+	unacked := unackedTimeout()
 	return t.Dump(ctx, func(fl conntrack.Flow) error {
 		v := idx.lookup(fl.Proto, fl.Orig.Dst)
 		if v == nil {
@@ -355,14 +358,39 @@ func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tms
 			def, _ = conntrack.DefaultTimeout(fl.Proto, fl.TCPState)
 			defaults[k] = def
 		}
-		if def > fl.Timeout {
-			c.Idle = def - fl.Timeout
-		}
+		c.Idle = idleSeconds(def, unacked, fl)
 		if !f.Match(c) {
 			return nil
 		}
 		return fn(c)
 	})
+}
+
+// idleSeconds is how long ago the entry's timer was last refreshed by a packet. While a TCP
+// connection has data in flight the kernel caps its timer at
+// nf_conntrack_tcp_timeout_unacknowledged (nf_conntrack_proto_tcp.c), so a timer below that
+// cap counts from the cap, not from the state's timeout.
+func idleSeconds(stateTimeout, unacked uint32, f conntrack.Flow) uint32 {
+	base := stateTimeout
+	if f.Proto == 6 && unacked > 0 && f.Timeout <= unacked && unacked < base {
+		base = unacked
+	}
+	if base > f.Timeout {
+		return base - f.Timeout
+	}
+	return 0
+}
+
+func unackedTimeout() uint32 {
+	v, err := link.GetSysctl("net.netfilter.nf_conntrack_tcp_timeout_unacknowledged")
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
 }
 
 func tcpStateName(f conntrack.Flow) string {
@@ -482,4 +510,3 @@ func (d *Daemon) notifyWatchers() {
 		fn()
 	}
 }
-

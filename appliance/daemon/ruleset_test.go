@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/openappliance/appliance/appliance/config"
+	"github.com/openappliance/appliance/kernel/conntrack"
 	"github.com/openappliance/appliance/kernel/nft"
 )
 
@@ -62,6 +63,27 @@ func TestVirtualIndex(t *testing.T) {
 		}
 		if got != tt.want {
 			t.Errorf("lookup(%d, %s) = %q, want %q", tt.proto, tt.dst, got, tt.want)
+		}
+	}
+}
+
+func TestIdleSeconds(t *testing.T) {
+	tests := []struct {
+		name            string
+		state, unacked  uint32
+		proto           uint8
+		remaining, want uint32
+	}{
+		{"established, quiet", 432000, 300, 6, 431990, 10},
+		{"established, data in flight", 432000, 300, 6, 299, 1},
+		{"time wait", 120, 300, 6, 115, 5},
+		{"udp", 120, 300, 17, 100, 20},
+		{"refreshed beyond the default", 120, 300, 6, 130, 0},
+	}
+	for _, tt := range tests {
+		got := idleSeconds(tt.state, tt.unacked, conntrack.Flow{Proto: tt.proto, Timeout: tt.remaining})
+		if got != tt.want {
+			t.Errorf("%s: idle = %d, want %d", tt.name, got, tt.want)
 		}
 	}
 }
