@@ -104,6 +104,10 @@ func TestValidate(t *testing.T) {
 			"01020036:3: The requested device (/Common/lb9) was not found.", ErrNotFound},
 		{"bad nettimeout", func(c *Config) { c.Local.DB[DBFailoverNetTimeout] = "soon" },
 			`01070734:3: Configuration error: sys db failover.nettimeout: value "soon" must be a number of seconds between 0.01 and 3600`, ErrInvalid},
+		{"virtual on a self IP", func(c *Config) { c.Shared.Virtuals[0].Destination = netip.MustParseAddrPort("10.0.0.2:3306") },
+			"01070734:3: Configuration error: ltm virtual /RPC/RPC_VS_GALERA: destination address 10.0.0.2 is self IP self_ext: a virtual address floats between the devices and must be an address of its own", ErrInvalid},
+		{"snat on a self IP", func(c *Config) { c.Shared.SNATPools[0].Members[0] = netip.MustParseAddr("10.1.0.2") },
+			"01070734:3: Configuration error: ltm snatpool /RPC/RPC_SNATPOOL: member 10.1.0.2 is self IP self_int: SNAT addresses float between the devices and must be addresses of their own", ErrInvalid},
 		{"duplicate destination", func(c *Config) {
 			v := c.Shared.Virtuals[0]
 			v.Name, v.VSIndex = "/RPC/other", 2
@@ -162,6 +166,11 @@ func FuzzDecodeShared(f *testing.F) {
 	f.Add(data)
 	f.Add([]byte("[[virtual]]\nname = 1\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		if l, err := DecodeLocal(data); err == nil {
+			c := New("lb1")
+			c.Local = l
+			_ = c.Validate()
+		}
 		s, err := DecodeShared(data)
 		if err != nil {
 			return

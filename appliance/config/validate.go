@@ -160,6 +160,10 @@ func (c *Config) validateShared() error {
 			return Invalid("auth partition %q is not a valid name", p.Name)
 		}
 	}
+	selfs := map[netip.Addr]string{}
+	for _, sf := range c.Local.Selfs {
+		selfs[sf.Address.Addr()] = sf.Name
+	}
 	objects := map[string]string{} // full path -> kind; BIG-IP keeps one namespace per kind
 	check := func(kind, path string) error {
 		part, name := SplitPath(path)
@@ -194,6 +198,9 @@ func (c *Config) validateShared() error {
 			if !m.IsValid() {
 				return Invalid("ltm snatpool %s: member is not an IP address", sp.Name)
 			}
+			if self, ok := selfs[m]; ok {
+				return Invalid("ltm snatpool %s: member %s is self IP %s: SNAT addresses float between the devices and must be addresses of their own", sp.Name, m, self)
+			}
 		}
 	}
 	dests := map[string]string{}
@@ -205,6 +212,9 @@ func (c *Config) validateShared() error {
 		}
 		if err := c.validateVirtual(v); err != nil {
 			return err
+		}
+		if self, ok := selfs[v.Destination.Addr()]; ok {
+			return Invalid("ltm virtual %s: destination address %s is self IP %s: a virtual address floats between the devices and must be an address of its own", v.Name, v.Destination.Addr(), self)
 		}
 		key := v.IPProtocol + " " + v.Destination.String()
 		if other, dup := dests[key]; dup {

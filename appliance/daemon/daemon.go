@@ -198,7 +198,12 @@ func (d *Daemon) commit(cur, next *config.Config) error {
 		return fmt.Errorf("apply configuration: %w", err)
 	}
 	d.running.Store(next)
-	d.mirror.Store(newVirtualIndex(next))
+	oldIndex := d.mirror.Swap(newVirtualIndex(next))
+	if !oldIndex.sameMirroring(d.mirror.Load()) {
+		// Connections of a virtual whose mirroring was just enabled exist already, and
+		// those of one just disabled must leave the standby: a full sync does both.
+		d.roles.resync()
+	}
 	if d.fsm != nil {
 		if err := d.fsm.Reconfigure(d.failoverConfig(next)); err != nil {
 			d.logger.Warn("reconfigure failover", slog.Any("err", err))

@@ -165,6 +165,15 @@ func (r *roleRunner) refresh(c *config.Config) {
 	}
 }
 
+// resync makes the running sender, if any, send the whole table again.
+func (r *roleRunner) resync() {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	if r.sender != nil {
+		r.sender.Resync()
+	}
+}
+
 func (r *roleRunner) stop() {
 	if r.cancel != nil {
 		r.cancel()
@@ -317,6 +326,29 @@ func newVirtualIndex(c *config.Config) *virtualIndex {
 		idx.byDest[destKey{protoNumber(v.IPProtocol), v.Destination}] = v
 	}
 	return idx
+}
+
+// sameMirroring reports whether both indexes mirror the same destinations.
+func (x *virtualIndex) sameMirroring(y *virtualIndex) bool {
+	mirrored := func(i *virtualIndex) map[destKey]bool {
+		m := map[destKey]bool{}
+		for k, v := range i.byDest {
+			if v.Mirror {
+				m[k] = true
+			}
+		}
+		return m
+	}
+	a, b := mirrored(x), mirrored(y)
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
 }
 
 func (x *virtualIndex) lookup(proto uint8, dst netip.AddrPort) *config.Virtual {

@@ -212,6 +212,7 @@ func (l *lab) setup() {
 	if got := l.tmsh(lb2, "list ltm virtual /RPC/* one-line"); got != out {
 		l.t.Fatalf("lb2 after config sync:\n%s\nwant\n%s", got, out)
 	}
+	l.refusedChangesNothing(lb1)
 	l.waitState(lb1, "ACTIVE", 10*time.Second)
 	l.waitState(lb2, "STANDBY", 10*time.Second)
 	for _, d := range l.Devices {
@@ -350,4 +351,38 @@ func (l *lab) startEcho() *labnet.EchoServer {
 		l.t.Fatal(err)
 	}
 	return srv
+}
+
+// refusedChangesNothing: a command the daemon refuses exits non-zero with an error naming
+// the object and the problem, and leaves the configuration and the kernel as they were.
+func (l *lab) refusedChangesNothing(d *labnet.Device) {
+	l.t.Helper()
+	ruleset := func() string {
+		out, err := exec.Command("ip", "netns", "exec", d.NS, "nft", "list", "ruleset").CombinedOutput()
+		if err != nil {
+			l.t.Fatalf("nft list ruleset: %v: %s", err, out)
+		}
+		return string(out)
+	}
+	beforeKernel, beforeConfig := ruleset(), l.tmsh(d, "list ltm one-line")
+	for cmd, want := range map[string]string{
+		"create ltm virtual /RPC/VS_BAD destination /RPC/10.0.0.11:80 pool /RPC/nope":         "01020036:3: The requested pool (/RPC/nope) was not found.",
+		"modify ltm pool /RPC/RPC_POOL_GALERA members add { 10.1.0.104:3306 }; bogus command": `Syntax Error: "bogus" unknown command`,
+		"delete ltm pool /RPC/RPC_POOL_GALERA":                                                "01070265:3: The Pool (/RPC/RPC_POOL_GALERA) cannot be deleted because it is in use by a Virtual Server (/RPC/RPC_VS_GALERA).",
+	} {
+		_, err := l.Tmsh(d, cmd)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			l.t.Errorf("tmsh -c %q: %v, want an error %q", cmd, err, want)
+		}
+		if strings.Contains(cmd, "; bogus") {
+			// tmsh -c runs the commands before the failing one, as BIG-IP's does: undo it.
+			l.tmsh(d, "modify ltm pool /RPC/RPC_POOL_GALERA members delete { 10.1.0.104:3306 }")
+		}
+	}
+	if got := ruleset(); got != beforeKernel {
+		l.t.Errorf("refused commands changed the kernel's ruleset:\n%s\nwas\n%s", got, beforeKernel)
+	}
+	if got := l.tmsh(d, "list ltm one-line"); got != beforeConfig {
+		l.t.Errorf("refused commands changed the configuration:\n%s\nwas\n%s", got, beforeConfig)
+	}
 }
