@@ -166,15 +166,7 @@ func cmDevice() *kind {
 			}
 			switch key {
 			case "unicast-address":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
-					return err
-				}
-				items, err := unicastItems(nodes)
-				if err != nil {
-					return err
-				}
-				if d.UnicastAddresses, err = applyList(key, op, d.UnicastAddresses, items, netip.Addr.String); err != nil {
+				if d.UnicastAddresses, err = editList(cur, key, d.UnicastAddresses, unicastItem, netip.Addr.String); err != nil {
 					return err
 				}
 			case "mirror-ip", "mirror-secondary-ip", "configsync-ip":
@@ -259,27 +251,15 @@ func cmDevice() *kind {
 	}
 }
 
-// unicastItems accepts "{ 192.168.77.2 }" and BIG-IP's "{ { ip 192.168.77.2 effective-port 1026 } }".
-func unicastItems(nodes []Node) ([]netip.Addr, error) {
-	items, err := listItems("unicast-address", nodes)
-	if err != nil {
-		return nil, err
-	}
-	var out []netip.Addr
-	for _, it := range items {
-		s := it.name
-		for i := 0; i+1 < len(it.settings); i += 2 {
-			if it.settings[i].Word == "ip" {
-				s = it.settings[i+1].Word
-			}
+// unicastItem accepts "192.168.77.2" and BIG-IP's "{ ip 192.168.77.2 effective-port 1026 }".
+func unicastItem(it listItem) (netip.Addr, error) {
+	s := it.name
+	for i := 0; i+1 < len(it.settings); i += 2 {
+		if it.settings[i].Word == "ip" {
+			s = it.settings[i+1].Word
 		}
-		a, err := parseAddr("unicast-address", s)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, a)
 	}
-	return out, nil
+	return parseAddr("unicast-address", s)
 }
 
 // --- cm device-group ---
@@ -294,42 +274,20 @@ func cmDeviceGroup() *kind {
 			}
 			switch key {
 			case "type":
-				w, err := cur.word(key)
-				if err != nil {
-					return err
-				}
-				if g.Type, err = parseOneOf(key, w, config.DeviceGroupTypes); err != nil {
+				if g.Type, err = cur.oneOf(key, config.DeviceGroupTypes); err != nil {
 					return err
 				}
 			case "devices":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
+				if g.Devices, err = editList(cur, key, g.Devices, itemShortName, identity); err != nil {
 					return err
 				}
-				items, err := listItems(key, nodes)
-				if err != nil {
+			case "network-failover":
+				if g.NetworkFailover, err = cur.enabled(key); err != nil {
 					return err
 				}
-				var names []string
-				for _, it := range items {
-					names = append(names, strings.TrimPrefix(it.name, "/Common/"))
-				}
-				if g.Devices, err = applyList(key, op, g.Devices, names, func(s string) string { return s }); err != nil {
+			case "auto-sync":
+				if g.AutoSync, err = cur.enabled(key); err != nil {
 					return err
-				}
-			case "network-failover", "auto-sync":
-				w, err := cur.word(key)
-				if err != nil {
-					return err
-				}
-				b, err := parseEnabled(key, w)
-				if err != nil {
-					return err
-				}
-				if key == "auto-sync" {
-					g.AutoSync = b
-				} else {
-					g.NetworkFailover = b
 				}
 			case "description":
 				if g.Description, err = cur.text(key); err != nil {
@@ -389,19 +347,7 @@ func netVLAN() *kind {
 			}
 			switch key {
 			case "interfaces":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
-					return err
-				}
-				items, err := listItems(key, nodes)
-				if err != nil {
-					return err
-				}
-				var names []string
-				for _, it := range items {
-					names = append(names, it.name)
-				}
-				if v.Interfaces, err = applyList(key, op, v.Interfaces, names, func(s string) string { return s }); err != nil {
+				if v.Interfaces, err = editList(cur, key, v.Interfaces, itemName, identity); err != nil {
 					return err
 				}
 			case "description":

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 
 	"github.com/openappliance/appliance/appliance/config"
 )
@@ -22,58 +21,16 @@ func ltmPool() *kind {
 			}
 			switch key {
 			case "members":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
-					return err
-				}
-				items, err := listItems(key, nodes)
-				if err != nil {
-					return err
-				}
-				var members []config.PoolMember
-				for _, it := range items {
-					ap, _, err := parseAddrPort("members", it.name)
-					if err != nil {
-						return err
-					}
-					m := config.PoolMember{Address: ap}
-					for i := 0; i+1 < len(it.settings); i += 2 {
-						switch it.settings[i].Word {
-						case "address":
-							a, err := parseAddr("members address", it.settings[i+1].Word)
-							if err != nil {
-								return err
-							}
-							if a != ap.Addr() {
-								return config.Invalid("ltm pool %s: member %s has address %s: member names here are address:port", name, it.name, a)
-							}
-						case "description":
-							m.Description = it.settings[i+1].Word
-						case "session", "state":
-							m.Disabled = it.settings[i+1].Word == "user-disabled" || it.settings[i+1].Word == "user-down"
-						default:
-							return unknownProp("pool member", it.settings[i].Word)
-						}
-					}
-					members = append(members, m)
-				}
-				if p.Members, err = applyList(key, op, p.Members, members, func(m config.PoolMember) string { return m.Address.String() }); err != nil {
+				member := func(it listItem) (config.PoolMember, error) { return poolMember(name, it) }
+				if p.Members, err = editList(cur, key, p.Members, member, func(m config.PoolMember) string { return m.Address.String() }); err != nil {
 					return err
 				}
 			case "load-balancing-mode":
-				w, err := cur.word(key)
-				if err != nil {
-					return err
-				}
-				if p.LoadBalancingMode, err = parseOneOf(key, w, config.LoadBalancingModes); err != nil {
+				if p.LoadBalancingMode, err = cur.oneOf(key, config.LoadBalancingModes); err != nil {
 					return err
 				}
 			case "service-down-action":
-				w, err := cur.word(key)
-				if err != nil {
-					return err
-				}
-				if p.ServiceDownAction, err = parseOneOf(key, w, config.ServiceDownActions); err != nil {
+				if p.ServiceDownAction, err = cur.oneOf(key, config.ServiceDownActions); err != nil {
 					return err
 				}
 			case "slow-ramp-time":
@@ -173,6 +130,35 @@ func ltmPool() *kind {
 	}
 }
 
+// poolMember parses a pool member: 10.1.0.100:3306, optionally with its own settings as
+// list prints them ({ address 10.1.0.100 }).
+func poolMember(pool string, it listItem) (config.PoolMember, error) {
+	ap, _, err := parseAddrPort("members", it.name)
+	if err != nil {
+		return config.PoolMember{}, err
+	}
+	m := config.PoolMember{Address: ap}
+	for i := 0; i+1 < len(it.settings); i += 2 {
+		switch it.settings[i].Word {
+		case "address":
+			a, err := parseAddr("members address", it.settings[i+1].Word)
+			if err != nil {
+				return m, err
+			}
+			if a != ap.Addr() {
+				return m, config.Invalid("ltm pool %s: member %s has address %s: member names here are address:port", pool, it.name, a)
+			}
+		case "description":
+			m.Description = noneEmpty(it.settings[i+1].Word)
+		case "session", "state":
+			m.Disabled = it.settings[i+1].Word == "user-disabled" || it.settings[i+1].Word == "user-down"
+		default:
+			return m, unknownProp("pool member", it.settings[i].Word)
+		}
+	}
+	return m, nil
+}
+
 // partitionProp is the "partition RPC" line BIG-IP prints for objects outside /Common.
 func partitionProp(path string) Prop {
 	part, _ := config.SplitPath(path)
@@ -189,27 +175,7 @@ func ltmSNATPool() *kind {
 			}
 			switch key {
 			case "members":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
-					return err
-				}
-				items, err := listItems(key, nodes)
-				if err != nil {
-					return err
-				}
-				var addrs []netip.Addr
-				for _, it := range items {
-					s := it.name
-					if strings.HasPrefix(s, "/") {
-						_, s = config.SplitPath(s)
-					}
-					a, err := parseAddr("members", s)
-					if err != nil {
-						return err
-					}
-					addrs = append(addrs, a)
-				}
-				if p.Members, err = applyList(key, op, p.Members, addrs, netip.Addr.String); err != nil {
+				if p.Members, err = editList(cur, key, p.Members, snatMember, netip.Addr.String); err != nil {
 					return err
 				}
 			default:
@@ -255,6 +221,12 @@ func ltmSNATPool() *kind {
 	}
 }
 
+// snatMember parses a SNAT pool member: 10.1.0.10, or /RPC/10.1.0.10 as list prints it.
+func snatMember(it listItem) (netip.Addr, error) {
+	_, s := config.SplitPath(it.name)
+	return parseAddr("members", s)
+}
+
 func ltmVirtual() *kind {
 	modify := func(c *config.Config, name string, cur *cursor) error {
 		v, _ := c.Shared.FindVirtual(name)
@@ -272,20 +244,7 @@ func ltmVirtual() *kind {
 				v.Disabled = key == "disabled"
 				continue
 			case "profiles":
-				op, nodes, err := cur.listOp(key)
-				if err != nil {
-					return err
-				}
-				items, err := listItems(key, nodes)
-				if err != nil {
-					return err
-				}
-				var names []string
-				for _, it := range items {
-					_, n := config.SplitPath(it.name)
-					names = append(names, n)
-				}
-				if v.Profiles, err = applyList(key, op, v.Profiles, names, func(s string) string { return s }); err != nil {
+				if v.Profiles, err = editList(cur, key, v.Profiles, itemShortName, identity); err != nil {
 					return err
 				}
 				continue

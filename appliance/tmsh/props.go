@@ -46,6 +46,24 @@ func (c *cursor) text(prop string) (string, error) {
 	return noneEmpty(w), err
 }
 
+// oneOf returns the value of prop, which must be one of allowed.
+func (c *cursor) oneOf(prop string, allowed []string) (string, error) {
+	w, err := c.word(prop)
+	if err != nil {
+		return "", err
+	}
+	return parseOneOf(prop, w, allowed)
+}
+
+// enabled returns the value of prop, which must be enabled or disabled.
+func (c *cursor) enabled(prop string) (bool, error) {
+	w, err := c.word(prop)
+	if err != nil {
+		return false, err
+	}
+	return parseEnabled(prop, w)
+}
+
 // block returns the value of prop, which must be a brace block.
 func (c *cursor) block(prop string) ([]Node, error) {
 	if c.done() || !c.nodes[c.i].IsBlock {
@@ -104,6 +122,39 @@ func listItems(prop string, nodes []Node) ([]listItem, error) {
 	}
 	return out, nil
 }
+
+// editList reads a list property (see listOp), parses its items and applies the operation
+// to current, matching items by key.
+func editList[T any](cur *cursor, prop string, current []T, parse func(listItem) (T, error), key func(T) string) ([]T, error) {
+	op, nodes, err := cur.listOp(prop)
+	if err != nil {
+		return nil, err
+	}
+	items, err := listItems(prop, nodes)
+	if err != nil {
+		return nil, err
+	}
+	parsed := make([]T, 0, len(items))
+	for _, it := range items {
+		v, err := parse(it)
+		if err != nil {
+			return nil, err
+		}
+		parsed = append(parsed, v)
+	}
+	return applyList(prop, op, current, parsed, key)
+}
+
+// itemName parses a list item that is just a name, such as an interface.
+func itemName(it listItem) (string, error) { return it.name, nil }
+
+// itemShortName parses a list item that may be given with its folder, such as /Common/lb1.
+func itemShortName(it listItem) (string, error) {
+	_, n := config.SplitPath(it.name)
+	return n, nil
+}
+
+func identity(s string) string { return s }
 
 // applyList applies a list operation to current, matching items by key.
 func applyList[T any](prop, op string, current []T, items []T, key func(T) string) ([]T, error) {
