@@ -1,7 +1,7 @@
 // Package nstest gives privileged tests a fresh network namespace of their own.
 //
-// Tests that need root call New; without root they skip, except under CI=true where
-// they fail, because CI runs as root and a skipped kernel test proves nothing.
+// Tests that need root call New; without root they fail (go test -short leaves them out),
+// because CI runs as root and a skipped kernel test proves nothing.
 package nstest
 
 import (
@@ -24,16 +24,17 @@ type NS struct {
 	t    testing.TB
 }
 
-// RequireRoot skips the test when not root, or fails it when CI=true.
+// RequireRoot fails the test when not root: a skipped kernel test proves nothing. Only
+// `go test -short` leaves privileged tests out (never under CI=true).
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() == 0 {
 		return
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("privileged test needs root; CI runs as root, so this must not skip")
+	if testing.Short() && os.Getenv("CI") != "true" {
+		t.Skip("privileged test: left out by -short")
 	}
-	t.Skip("privileged test: run as root")
+	t.Fatal("privileged test needs root (network namespaces); run as root, or with -short to leave it out")
 }
 
 // New creates a named namespace ("ip netns add") with loopback up. The name starts with
