@@ -28,6 +28,9 @@ type Options struct {
 	Name       string // device name
 	ConfigPath string // the device-local config file; the shared part is ConfigPath.d/
 	Logger     *slog.Logger
+	// EventBuffer is the conntrack event socket's receive buffer in bytes (0: the default,
+	// large enough for bursts; tests make it tiny to provoke overruns).
+	EventBuffer int
 }
 
 // Daemon is the appliance's core. Its exported methods are safe for concurrent use; all
@@ -52,6 +55,13 @@ type Daemon struct {
 
 	roles roleRunner // the mirror sender (active) or receiver (standby)
 
+	overruns  atomic.Uint64 // conntrack event socket overruns
+	toActive  atomic.Uint64 // transitions into Active
+	toStandby atomic.Uint64 // transitions into Standby
+
+	timeoutMu sync.Mutex
+	timeouts  map[[2]uint8]uint32 // conntrack state timeouts, read once
+
 	watchMu   sync.Mutex
 	watchers  map[int]func()
 	nextWatch int
@@ -69,6 +79,7 @@ func New(opts Options) (*Daemon, error) {
 		adopted:  map[string]bool{},
 		added:    map[string]bool{},
 		watchers: map[int]func(){},
+		timeouts: map[[2]uint8]uint32{},
 	}
 	cfg, err := d.store.Load(opts.Name)
 	if err != nil {

@@ -58,6 +58,7 @@ func (h hooks) BecomeActive(ctx context.Context, reason string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.logger.Info("becoming Active", "reason", reason)
+	d.toActive.Add(1)
 	d.active = true
 	d.roles.stop()
 	cfg := d.Config()
@@ -73,6 +74,7 @@ func (h hooks) BecomeStandby(ctx context.Context, reason string) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.logger.Info("becoming Standby", "reason", reason)
+	d.toStandby.Add(1)
 	d.active = false
 	d.roles.stop()
 	cfg := d.Config()
@@ -205,7 +207,11 @@ func (r *roleRunner) start(c *config.Config) {
 			return
 		}
 		// The listener's socket exists before the first dump, so no change falls between them.
-		listener, err := conntrack.NewListener(eventBuffer)
+		buf := d.opts.EventBuffer
+		if buf <= 0 {
+			buf = eventBuffer
+		}
+		listener, err := conntrack.NewListener(buf)
 		if err != nil {
 			logger.Error("conntrack events unavailable: mirroring stopped", slog.Any("err", err))
 			return
@@ -255,7 +261,8 @@ func (r *roleRunner) start(c *config.Config) {
 func (d *Daemon) onEvent(sender *mirror.Sender, ev conntrack.Event) {
 	switch ev.Type {
 	case conntrack.EventOverrun:
-		d.logger.Warn("conntrack events lost (socket overrun): resyncing the peer")
+		d.overruns.Add(1)
+		d.logger.Warn("conntrack events lost (socket overrun): resyncing the peer", "overruns", d.overruns.Load())
 		sender.Resync()
 		return
 	}
@@ -284,8 +291,38 @@ func (d *Daemon) snapshot(ctx context.Context, fn func(mirror.Flow) error) error
 // flowWriter puts mirrored flows into this kernel.
 type flowWriter struct{ d *Daemon }
 
-func (w flowWriter) Inject(f mirror.Flow) error { return w.d.injTable.Inject(toKernel(f)) }
+func (w flowWriter) Inject(f mirror.Flow) error { return w.d.injTable.Inject(w.d.standbyFlow(f)) }
 func (w flowWriter) Delete(f mirror.Flow) error { return w.d.injTable.Delete(toKernel(f)) }
+
+// standbyFlow is the entry the standby's kernel holds for a mirrored flow. Its timer gets
+// the state's full timeout: the active's timer is refreshed by every packet but sends no
+// event for it, so the time it had left when the entry was mirrored (capped at 300 s while
+// data is in flight) would let a quiet, healthy connection expire on the standby. An entry
+// that really ends on the active is removed by its destroy event.
+func (d *Daemon) standbyFlow(f mirror.Flow) conntrack.Flow {
+	k := toKernel(f)
+	if t := d.stateTimeout(k.Proto, k.TCPState); t > k.Timeout {
+		k.Timeout = t
+	}
+	return k
+}
+
+// stateTimeout caches conntrack.DefaultTimeout per protocol and TCP state.
+func (d *Daemon) stateTimeout(proto, state uint8) uint32 {
+	d.timeoutMu.Lock()
+	defer d.timeoutMu.Unlock()
+	key := [2]uint8{proto, state}
+	if t, ok := d.timeouts[key]; ok {
+		return t
+	}
+	t, err := conntrack.DefaultTimeout(proto, state)
+	if err != nil {
+		d.logger.Warn("conntrack default timeout", "proto", proto, "state", state, slog.Any("err", err))
+		return 0
+	}
+	d.timeouts[key] = t
+	return t
+}
 
 func toMirror(f conntrack.Flow) mirror.Flow {
 	return mirror.Flow{
@@ -495,20 +532,32 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 	default:
 		st.SyncStatus, st.SyncSummary = "Changes Pending", "There is a possible change conflict between "+strings.Join([]string{cfg.Local.Device.Name, st.Peer}, " and ")
 	}
-	d.roles.statsMu.Lock()
-	if s := d.roles.sender; s != nil {
-		ss := s.Stats()
-		st.MirrorPeer = ss.Peer.String()
-		st.MirrorSummary = fmt.Sprintf("sending: connected=%v flows=%d deletes=%d syncs=%d queue=%d", ss.Connected, ss.FlowsSent, ss.DeletesSent, ss.Syncs, ss.QueueLen)
-	}
-	if r := d.roles.receiver; r != nil {
-		rs := r.Stats()
-		st.MirroredFlows = uint64(rs.Flows)
-		st.MirrorPeer = rs.PeerDevice
-		st.MirrorSummary = fmt.Sprintf("receiving: connected=%v flows=%d applied=%d errors=%d syncs=%d", rs.Connected, rs.Flows, rs.Applied, rs.InjectErrors, rs.Syncs)
-	}
-	d.roles.statsMu.Unlock()
+	st.Mirror = d.mirrorStatus()
 	return st
+}
+
+func (d *Daemon) mirrorStatus() tmsh.MirrorStatus {
+	m := tmsh.MirrorStatus{Role: "none", Overruns: d.overruns.Load()}
+	d.roles.statsMu.Lock()
+	sender, receiver := d.roles.sender, d.roles.receiver
+	d.roles.statsMu.Unlock()
+	if sender != nil {
+		ss := sender.Stats()
+		m.Role, m.Connected, m.FlowsSent, m.DeletesSent = "sender", ss.Connected, ss.FlowsSent, ss.DeletesSent
+		m.Syncs, m.QueueDepth, m.Overflows = ss.Syncs, ss.QueueLen, ss.Overflows
+		if ss.Peer.IsValid() {
+			m.Peer = ss.Peer.String()
+		}
+	}
+	if receiver != nil {
+		rs := receiver.Stats()
+		m.Role, m.Connected, m.FlowsHeld, m.Applied = "receiver", rs.Connected, rs.Flows, rs.Applied
+		m.InjectErrors, m.StaleDeleted, m.Syncs = rs.InjectErrors, rs.StaleDeleted, rs.Syncs
+		if rs.PeerDevice != "" {
+			m.Peer = rs.PeerDevice + " (" + rs.PeerAddr.String() + ")"
+		}
+	}
+	return m
 }
 
 // PromptStatus is what the shell's prompt shows.

@@ -78,10 +78,25 @@ type FailoverStatus struct {
 	SyncSummary    string
 	Group          string
 	Failovers      uint64
-	MirrorSummary  string
-	MirrorPeer     string
-	MirroredFlows  uint64
+	Mirror         MirrorStatus
 	HeartbeatsSent uint64
 	HeartbeatsRecv uint64
 	NetTimeout     time.Duration
+}
+
+// MirrorStatus is the connection mirroring channel as show sys mirror prints it.
+type MirrorStatus struct {
+	Role         string // sender (Active), receiver (Standby), or none
+	Peer         string
+	Connected    bool
+	FlowsSent    uint64
+	DeletesSent  uint64
+	Syncs        uint64
+	QueueDepth   int
+	Overflows    uint64
+	Overruns     uint64 // conntrack event socket overruns on this device
+	FlowsHeld    int    // receiver: mirrored flows held
+	Applied      uint64
+	InjectErrors uint64
+	StaleDeleted uint64
 }

@@ -260,19 +260,28 @@ type MirrorKey struct {
 // showSysMirror prints the connection mirroring channel's state. BIG-IP has no single
 // command for it; this is the appliance's own, in the same layout.
 func showSysMirror(w io.Writer, st FailoverStatus) error {
+	m := st.Mirror
 	var b strings.Builder
 	header(&b, "Sys::Mirror", 38)
-	role := "none"
-	switch st.State {
-	case "Active":
-		role = "sender"
-	case "Standby":
-		role = "receiver"
+	row := func(k string, v any) { fmt.Fprintf(&b, "%-20s %v\n", k, v) }
+	row("Role", orNone(m.Role))
+	row("Peer", orNone(m.Peer))
+	row("Connected", map[bool]string{true: "yes", false: "no"}[m.Connected])
+	switch m.Role {
+	case "sender":
+		row("Flows Sent", m.FlowsSent)
+		row("Deletes Sent", m.DeletesSent)
+		row("Full Syncs", m.Syncs)
+		row("Queue Depth", m.QueueDepth)
+		row("Queue Overflows", m.Overflows)
+	case "receiver":
+		row("Mirrored Flows", m.FlowsHeld)
+		row("Changes Applied", m.Applied)
+		row("Inject Errors", m.InjectErrors)
+		row("Stale Deleted", m.StaleDeleted)
+		row("Full Syncs", m.Syncs)
 	}
-	fmt.Fprintf(&b, "Role              %s\n", role)
-	fmt.Fprintf(&b, "Peer              %s\n", orNone(st.MirrorPeer))
-	fmt.Fprintf(&b, "Mirrored Flows    %d\n", st.MirroredFlows)
-	fmt.Fprintf(&b, "Channel           %s\n", orNone(st.MirrorSummary))
+	row("Event Overruns", m.Overruns)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -1,6 +1,7 @@
 package conntrack
 
 import (
+	"context"
 	"net/netip"
 	"testing"
 
@@ -58,4 +59,25 @@ func BenchmarkInject(b *testing.B) {
 			i++
 		}
 	})
+}
+
+// BenchmarkDump measures Dump over 100k entries: ns/op is per entry.
+func BenchmarkDump(b *testing.B) {
+	ns := natNS(b, "ctbdump")
+	tbl := openTable(b, ns)
+	const entries = 100_000
+	for i := range entries {
+		if err := tbl.Inject(benchFlow(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	n := 0
+	for b.Loop() {
+		if err := tbl.Dump(context.Background(), func(Flow) error { n++; return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/entry")
+	b.ReportMetric(float64(n)/b.Elapsed().Seconds(), "entries/s")
 }

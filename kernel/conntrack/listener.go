@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
-	ct "github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,29 +190,4 @@ func (l *Listener) Close() error {
 		}
 	})
 	return l.closeErr
-}
-
-// decodeEvent decodes one event message. ok is false (with a nil error) for events the
-// appliance does not follow: expectations and entries that are neither TCP nor UDP.
-func decodeEvent(m netlink.Message) (ev Event, ok bool, err error) {
-	var ce ct.Event
-	if err := ce.Unmarshal(m); err != nil {
-		return Event{}, false, fmt.Errorf("decode conntrack event: %w", err)
-	}
-	switch ce.Type {
-	case ct.EventNew:
-		ev.Type = EventNew
-	case ct.EventUpdate:
-		ev.Type = EventUpdate
-	case ct.EventDestroy:
-		ev.Type = EventDestroy
-	default:
-		return Event{}, false, nil
-	}
-	ev.Flow, ok = flowFromCT(ce.Flow)
-	if !ok {
-		return Event{}, false, nil
-	}
-	ev.PortID = m.Header.PID
-	return ev, true, nil
 }

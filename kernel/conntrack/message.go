@@ -1,8 +1,6 @@
 package conntrack
 
 import (
-	"net/netip"
-
 	"github.com/mdlayher/netlink"
 	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
@@ -64,141 +62,97 @@ func family(t Tuple) netfilter.ProtoFamily {
 	return netfilter.ProtoIPv6
 }
 
-func u16(v uint16) []byte { return netfilter.Uint16Bytes(v) }
-func u32(v uint32) []byte { return netfilter.Uint32Bytes(v) }
-
-// tupleAttr encodes one direction: CTA_TUPLE_IP and CTA_TUPLE_PROTO, all big-endian.
-func tupleAttr(typ uint16, proto uint8, t Tuple) netfilter.Attribute {
-	src, dst := uint16(ctaIPv4Src), uint16(ctaIPv4Dst)
-	if !t.Src.Addr().Is4() {
-		src, dst = ctaIPv6Src, ctaIPv6Dst
-	}
-	return netfilter.Attribute{Type: typ, Nested: true, Children: []netfilter.Attribute{
-		{Type: ctaTupleIP, Nested: true, Children: []netfilter.Attribute{
-			{Type: src, Data: t.Src.Addr().AsSlice()},
-			{Type: dst, Data: t.Dst.Addr().AsSlice()},
-		}},
-		{Type: ctaTupleProto, Nested: true, Children: []netfilter.Attribute{
-			{Type: ctaProtoNum, Data: []byte{proto}},
-			{Type: ctaProtoSrcPort, Data: u16(t.Src.Port())},
-			{Type: ctaProtoDstPort, Data: u16(t.Dst.Port())},
-		}},
-	}}
-}
-
-// natAttr encodes CTA_NAT_SRC or CTA_NAT_DST binding exactly one address and port
-// (ctattr_nat, ctattr_protonat; parsed by nfnetlink_parse_nat in net/netfilter/nf_nat_core.c).
-func natAttr(typ uint16, to netip.AddrPort) netfilter.Attribute {
-	minIP, maxIP := uint16(ctaNATv4MinIP), uint16(ctaNATv4MaxIP)
-	if !to.Addr().Is4() {
-		minIP, maxIP = ctaNATv6MinIP, ctaNATv6MaxIP
-	}
-	return netfilter.Attribute{Type: typ, Nested: true, Children: []netfilter.Attribute{
-		{Type: minIP, Data: to.Addr().AsSlice()},
-		{Type: maxIP, Data: to.Addr().AsSlice()},
-		{Type: ctaNATProto, Nested: true, Children: []netfilter.Attribute{
-			{Type: ctaProtoNATPortMin, Data: u16(to.Port())},
-			{Type: ctaProtoNATPortMax, Data: u16(to.Port())},
-		}},
-	}}
-}
-
-// tcpAttr encodes the TCP state with "be liberal" set for both directions: flag byte,
-// then mask byte (struct nf_ct_tcp_flags).
-func tcpAttr(state uint8) netfilter.Attribute {
-	liberal := []byte{tcpFlagBeLiberal, tcpFlagBeLiberal}
-	return netfilter.Attribute{Type: ctaProtoInfo, Nested: true, Children: []netfilter.Attribute{
-		{Type: ctaProtoInfoTCP, Nested: true, Children: []netfilter.Attribute{
-			{Type: ctaProtoInfoTCPState, Data: []byte{state}},
-			{Type: ctaProtoInfoTCPFlagsOriginal, Data: liberal},
-			{Type: ctaProtoInfoTCPFlagsReply, Data: liberal},
-		}},
-	}}
-}
-
 // timeoutOf returns f's timeout for the kernel, which refuses to create an entry without
 // one: a flow that is about to expire gets one second rather than an error.
 func timeoutOf(f Flow) uint32 { return max(f.Timeout, 1) }
 
-// createMessage builds IPCTNL_MSG_CT_NEW with NLM_F_CREATE|NLM_F_EXCL for a normalized
+// appendCreate appends IPCTNL_MSG_CT_NEW with NLM_F_CREATE|NLM_F_EXCL for a normalized
 // flow: the original tuple, the plain inverse as reply tuple, and the NAT as separate
 // CTA_NAT_DST / CTA_NAT_SRC from which the kernel computes the NATed reply tuple and the
 // NAT status bits (DESIGN fact 1; ctnetlink_create_conntrack, ctnetlink_setup_nat).
-func createMessage(f Flow) (netlink.Message, error) {
-	attrs := []netfilter.Attribute{
-		tupleAttr(ctaTupleOrig, f.Proto, f.Orig),
-		tupleAttr(ctaTupleReply, f.Proto, f.Orig.inverse()),
-		{Type: ctaTimeout, Data: u32(timeoutOf(f))},
-		{Type: ctaMark, Data: u32(f.Mark)},
-	}
+func appendCreate(e *encoder, f Flow, seq uint32) {
+	m := e.begin(msgCTNew, family(f.Orig),
+		netlink.Request|netlink.Acknowledge|netlink.Create|netlink.Excl, seq)
+	e.tuple(ctaTupleOrig, f.Proto, f.Orig)
+	e.tuple(ctaTupleReply, f.Proto, f.Orig.inverse())
+	e.be32(ctaTimeout, timeoutOf(f))
+	e.be32(ctaMark, f.Mark)
 	if s := f.Status & settableStatus; s != 0 {
 		// The kernel marks the new entry CONFIRMED before it applies CTA_STATUS, and
 		// answers EBUSY to a status that would clear it (ctnetlink_create_conntrack,
 		// nf_ct_change_status_common), so the bit must be sent along.
-		attrs = append(attrs, netfilter.Attribute{Type: ctaStatus, Data: u32(s | StatusConfirmed)})
+		e.be32(ctaStatus, s|StatusConfirmed)
 	}
 	if f.Proto == unix.IPPROTO_TCP {
-		attrs = append(attrs, tcpAttr(f.TCPState))
+		e.tcp(f.TCPState)
 	}
 	if to, ok := f.DNAT(); ok {
-		attrs = append(attrs, natAttr(ctaNATDst, to))
+		e.nat(ctaNATDst, to)
 	}
 	if to, ok := f.SNAT(); ok {
-		attrs = append(attrs, natAttr(ctaNATSrc, to))
+		e.nat(ctaNATSrc, to)
 	}
-	return netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink,
-		MessageType: msgCTNew,
-		Family:      family(f.Orig),
-		Flags:       netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Excl,
-	}, attrs)
+	e.end(m)
 }
 
-// updateMessage builds IPCTNL_MSG_CT_NEW without NLM_F_CREATE for an existing entry. It
+// appendUpdate appends IPCTNL_MSG_CT_NEW without NLM_F_CREATE for an existing entry. It
 // carries state, timeout, mark and status only: the kernel refuses NAT attributes on an
 // existing entry with EOPNOTSUPP (ctnetlink_change_conntrack, DESIGN fact 7). status 0
 // leaves the entry's status alone.
-func updateMessage(f Flow, status uint32) (netlink.Message, error) {
-	attrs := []netfilter.Attribute{
-		tupleAttr(ctaTupleOrig, f.Proto, f.Orig),
-		{Type: ctaTimeout, Data: u32(timeoutOf(f))},
-		{Type: ctaMark, Data: u32(f.Mark)},
-	}
+func appendUpdate(e *encoder, f Flow, status uint32, seq uint32) {
+	m := e.begin(msgCTNew, family(f.Orig), netlink.Request|netlink.Acknowledge, seq)
+	e.tuple(ctaTupleOrig, f.Proto, f.Orig)
+	e.be32(ctaTimeout, timeoutOf(f))
+	e.be32(ctaMark, f.Mark)
 	if status != 0 {
-		attrs = append(attrs, netfilter.Attribute{Type: ctaStatus, Data: u32(status)})
+		e.be32(ctaStatus, status)
 	}
 	if f.Proto == unix.IPPROTO_TCP {
-		attrs = append(attrs, tcpAttr(f.TCPState))
+		e.tcp(f.TCPState)
 	}
-	return netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink,
-		MessageType: msgCTNew,
-		Family:      family(f.Orig),
-		Flags:       netlink.Request | netlink.Acknowledge,
-	}, attrs)
+	e.end(m)
 }
 
-// getMessage builds IPCTNL_MSG_CT_GET for the entry with that original tuple.
-func getMessage(proto uint8, orig Tuple) (netlink.Message, error) {
-	return netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink,
-		MessageType: msgCTGet,
-		Family:      family(orig),
-		Flags:       netlink.Request | netlink.Acknowledge,
-	}, []netfilter.Attribute{tupleAttr(ctaTupleOrig, proto, orig)})
+// appendGet appends IPCTNL_MSG_CT_GET for the entry with that original tuple.
+func appendGet(e *encoder, proto uint8, orig Tuple, seq uint32) {
+	m := e.begin(msgCTGet, family(orig), netlink.Request|netlink.Acknowledge, seq)
+	e.tuple(ctaTupleOrig, proto, orig)
+	e.end(m)
 }
 
-// deleteMessage builds IPCTNL_MSG_CT_DELETE for the entry with that original tuple and,
+// appendDelete appends IPCTNL_MSG_CT_DELETE for the entry with that original tuple and,
 // when id is not 0, that kernel id only (so that an entry recreated meanwhile survives).
-func deleteMessage(proto uint8, orig Tuple, id uint32) (netlink.Message, error) {
-	attrs := []netfilter.Attribute{tupleAttr(ctaTupleOrig, proto, orig)}
+func appendDelete(e *encoder, proto uint8, orig Tuple, id uint32, seq uint32) {
+	m := e.begin(msgCTDelete, family(orig), netlink.Request|netlink.Acknowledge, seq)
+	e.tuple(ctaTupleOrig, proto, orig)
 	if id != 0 {
-		attrs = append(attrs, netfilter.Attribute{Type: ctaID, Data: u32(id)})
+		e.be32(ctaID, id)
 	}
-	return netfilter.MarshalNetlink(netfilter.Header{
-		SubsystemID: netfilter.NFSubsysCTNetlink,
-		MessageType: msgCTDelete,
-		Family:      family(orig),
-		Flags:       netlink.Request | netlink.Acknowledge,
-	}, attrs)
+	e.end(m)
+}
+
+// createMessage, updateMessage, getMessage and deleteMessage build one message each, for
+// querier.query; the sequence number is set when it is sent.
+func createMessage(f Flow) (netlink.Message, error) {
+	var e encoder
+	appendCreate(&e, f, 0)
+	return e.message(), nil
+}
+
+func updateMessage(f Flow, status uint32) (netlink.Message, error) {
+	var e encoder
+	appendUpdate(&e, f, status, 0)
+	return e.message(), nil
+}
+
+func getMessage(proto uint8, orig Tuple) (netlink.Message, error) {
+	var e encoder
+	appendGet(&e, proto, orig, 0)
+	return e.message(), nil
+}
+
+func deleteMessage(proto uint8, orig Tuple, id uint32) (netlink.Message, error) {
+	var e encoder
+	appendDelete(&e, proto, orig, id, 0)
+	return e.message(), nil
 }

@@ -245,6 +245,7 @@ func TestFailoverKeepsMirroredConnections(t *testing.T) {
 		flows := l.openFlows(flowCount)
 		if mirror {
 			l.waitMirrorAgrees(active, standby, flowCount)
+			l.checkStandbyTimeouts(standby)
 		} else {
 			time.Sleep(time.Second) // the same age as mirrored flows
 		}
@@ -384,5 +385,29 @@ func (l *lab) refusedChangesNothing(d *labnet.Device) {
 	}
 	if got := l.tmsh(d, "list ltm one-line"); got != beforeConfig {
 		l.t.Errorf("refused commands changed the configuration:\n%s\nwas\n%s", got, beforeConfig)
+	}
+}
+
+var ctTimeoutRE = regexp.MustCompile(`(?m)^tcp\s+6\s+(\d+)\s+ESTABLISHED\s.*dport=3306 `)
+
+// checkStandbyTimeouts: the standby holds mirrored established connections with the
+// state's full timeout, not the few minutes the active's timer had left when it mirrored
+// them, so a quiet connection does not expire on the standby.
+func (l *lab) checkStandbyTimeouts(d *labnet.Device) {
+	l.t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", d.NS, "conntrack", "-L", "-p", "tcp").CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("conntrack -L on %s: %v: %s", d.Name, err, out)
+	}
+	n := 0
+	for _, m := range ctTimeoutRE.FindAllStringSubmatch(string(out), -1) {
+		n++
+		if t, _ := strconv.Atoi(m[1]); t < 400000 {
+			l.t.Errorf("%s holds a mirrored established connection with %d s left, want the full established timeout:\n%s", d.Name, t, m[0])
+			return
+		}
+	}
+	if n == 0 {
+		l.t.Errorf("%s holds no established mirrored connection:\n%s", d.Name, out)
 	}
 }

@@ -39,9 +39,10 @@ type Device struct {
 	HA      string // its address on the HA link
 	ExtSelf string
 	IntSelf string
-	Config  string // config file
-	Socket  string // control socket
-	Log     string // daemon log file
+	Config  string   // config file
+	Socket  string   // control socket
+	Log     string   // daemon log file
+	Args    []string // extra applianced arguments
 	cmd     *exec.Cmd
 	done    chan struct{}
 }
@@ -180,8 +181,7 @@ func (l *Lab) Start(d *Device) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("ip", "netns", "exec", d.NS, filepath.Join(l.Bin, "applianced"),
-		"--name", d.Name, "--config", d.Config, "--socket", d.Socket)
+	cmd := l.daemonCommand(d)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// ip netns exec execs the daemon, so the pid is the daemon's and SIGKILL reaches it.
 	if err := cmd.Start(); err != nil {
@@ -212,6 +212,12 @@ func (l *Lab) waitSocket(d *Device, timeout time.Duration) error {
 	return fmt.Errorf("%s: control socket not ready after %v", d.Name, timeout)
 }
 
+func (l *Lab) daemonCommand(d *Device) *exec.Cmd {
+	args := []string{"netns", "exec", d.NS, filepath.Join(l.Bin, "applianced"),
+		"--name", d.Name, "--config", d.Config, "--socket", d.Socket}
+	return exec.Command("ip", append(args, d.Args...)...)
+}
+
 // StartDetached runs the device's daemon in its own session, outliving this process (for
 // make lab), and returns its pid.
 func (l *Lab) StartDetached(d *Device) (int, error) {
@@ -220,8 +226,7 @@ func (l *Lab) StartDetached(d *Device) (int, error) {
 		return 0, err
 	}
 	defer logf.Close()
-	cmd := exec.Command("ip", "netns", "exec", d.NS, filepath.Join(l.Bin, "applianced"),
-		"--name", d.Name, "--config", d.Config, "--socket", d.Socket)
+	cmd := l.daemonCommand(d)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -9,15 +9,21 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/openappliance/appliance/appliance/api"
 	"github.com/openappliance/appliance/appliance/control"
 	"github.com/openappliance/appliance/appliance/daemon"
 	"github.com/openappliance/appliance/appliance/tmsh"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func main() {
@@ -33,6 +39,8 @@ func run() error {
 	socket := flag.String("socket", api.DefaultSocket, "control socket for tmsh")
 	check := flag.Bool("check", false, "validate the configuration files and exit")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
+	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this management address:port (such as 192.0.2.5:9410); empty: off")
+	eventBuffer := flag.Int("event-buffer", 0, "conntrack event socket receive buffer in bytes (0: 32 MiB)")
 	flag.Parse()
 
 	if *check {
@@ -55,7 +63,7 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})).With("device", *name)
 
-	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger})
+	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer})
 	if err != nil {
 		return err
 	}
@@ -74,10 +82,43 @@ func run() error {
 			cancel()
 		}
 	}()
+	if *metricsAddr != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := serveMetrics(ctx, *metricsAddr, d.Collector()); err != nil {
+				logger.Error("metrics server", slog.Any("err", err))
+			}
+		}()
+	}
 	logger.Info("applianced started", "config", *configPath, "socket", *socket)
 	err = d.Run(ctx)
 	cancel()
 	wg.Wait()
 	logger.Info("applianced stopped")
 	return errors.Join(err, serveErr)
+}
+
+// serveMetrics serves /metrics on addr until ctx ends, with the daemon's figures and the
+// process's own.
+func serveMetrics(ctx context.Context, addr string, c prometheus.Collector) error {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen for metrics on %s: %w", addr, err)
+	}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(shutdown)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

@@ -1,0 +1,219 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/openappliance/appliance/tests/labnet"
+)
+
+// faultTimeout is failover.nettimeout in the fault suite: fractions of a second work.
+const faultTimeout = "0.5"
+
+var rowRE = regexp.MustCompile(`^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(tcp|udp)\s`)
+
+// mirrorRows is the set of mirrored connections d lists, without the idle column.
+func (l *lab) mirrorRows(d *labnet.Device) []string {
+	out, err := l.Tmsh(d, "show sys connection type mirror")
+	if err != nil {
+		return nil
+	}
+	var rows []string
+	for _, line := range strings.Split(out, "\n") {
+		if m := rowRE.FindStringSubmatch(line); m != nil {
+			rows = append(rows, strings.Join(m[1:], " "))
+		}
+	}
+	slices.Sort(rows)
+	return rows
+}
+
+// waitTablesEqual waits until the standby holds exactly the active's mirrored connections
+// (none missing, none stale), and at least min of them.
+func (l *lab) waitTablesEqual(active, standby *labnet.Device, min int) {
+	l.t.Helper()
+	l.waitFor(20*time.Second, fmt.Sprintf("%s's mirrored table to equal %s's", standby.Name, active.Name), func() (bool, string) {
+		// Rows alone can match before a restarted standby is synced (its kernel kept its
+		// old entries): it must also have completed a full sync and hold the flows.
+		syncs, held := l.mirrorFigure(standby, "Full Syncs"), l.mirrorFigure(standby, "Mirrored Flows")
+		a, s := l.mirrorRows(active), l.mirrorRows(standby)
+		return len(a) >= min && slices.Equal(a, s) && syncs >= 1 && held >= min,
+			fmt.Sprintf("%s=%d %s=%d rows, standby syncs=%d held=%d", active.Name, len(a), standby.Name, len(s), syncs, held)
+	})
+}
+
+// progressing waits until every flow has had more bytes echoed than before, or fails.
+func (l *lab) progressing(flows []*labnet.Flow, what string) {
+	l.t.Helper()
+	before := make([]int64, len(flows))
+	for i, f := range flows {
+		before[i] = f.Read()
+	}
+	l.waitFor(20*time.Second, "every connection to carry data again after "+what, func() (bool, string) {
+		stuck := 0
+		for i, f := range flows {
+			if err := f.Err(); err != nil {
+				l.t.Fatalf("after %s: %v", what, err)
+			}
+			if f.Read() <= before[i] {
+				stuck++
+			}
+		}
+		return stuck == 0, fmt.Sprintf("%d connections without new data", stuck)
+	})
+}
+
+func (l *lab) setupFaults() {
+	l.t.Helper()
+	l.setup()
+	for _, d := range l.Devices {
+		l.tmsh(d, "modify sys db failover.nettimeout value "+faultTimeout)
+	}
+}
+
+// TestFaultRepeatedFailover: the active killed (links down, SIGKILL), brought back, and the
+// new active failed the same way — 20 times in a row under load. Every long-lived
+// connection is kept each time, and after each settle the standby's mirrored table equals
+// the active's.
+func TestFaultRepeatedFailover(t *testing.T) {
+	l := newLab(t)
+	l.setupFaults()
+	echo := l.startEcho()
+	defer echo.Close()
+	flows := l.openFlows(flowCount)
+	active, standby := l.roles()
+	l.waitTablesEqual(active, standby, flowCount)
+	for i := 1; i <= 20; i++ {
+		if err := l.SetLinks(active, false); err != nil {
+			t.Fatal(err)
+		}
+		active.Kill()
+		l.waitState(standby, "ACTIVE", 15*time.Second)
+		l.progressing(flows, fmt.Sprintf("failover %d", i))
+		if err := l.SetLinks(active, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Start(active); err != nil {
+			t.Fatal(err)
+		}
+		l.waitState(active, "STANDBY", 15*time.Second)
+		active, standby = standby, active
+		l.waitTablesEqual(active, standby, flowCount)
+	}
+	out := settle(flows)
+	t.Logf("20 failovers in a row under load: kept %d/%d connections", out.Kept, out.Total)
+	if out.Kept != out.Total {
+		t.Errorf("kept %d/%d; first errors: %v", out.Kept, out.Total, firstErrors(out.Errors, 3))
+	}
+}
+
+// blockMirror drops the mirror channel (TCP 1028) on d with a table of the test's own,
+// leaving heartbeats alone; unblock removes it.
+func (l *lab) blockMirror(d *labnet.Device, block bool) {
+	l.t.Helper()
+	var args []string
+	if block {
+		args = []string{"nft", "add table inet faulttest; " +
+			"add chain inet faulttest input { type filter hook input priority 0; policy accept; tcp dport 1028 drop; tcp sport 1028 drop; }; " +
+			"add chain inet faulttest output { type filter hook output priority 0; policy accept; tcp dport 1028 drop; tcp sport 1028 drop; }"}
+	} else {
+		args = []string{"nft", "delete table inet faulttest"}
+	}
+	if out, err := exec.Command("ip", append([]string{"netns", "exec", d.NS}, args...)...).CombinedOutput(); err != nil {
+		l.t.Fatalf("%v: %v: %s", args, err, out)
+	}
+}
+
+// TestFaultChannels: the mirror link cut and restored, the standby restarted, the conntrack
+// event socket overrun: each time the standby's table converges to the active's again, and
+// the mirrored connections survive a failover at the end.
+func TestFaultChannels(t *testing.T) {
+	l := newLab(t)
+	// A tiny event buffer on lb1 (the first Active) makes bursts overrun its socket.
+	l.Device("lb1").Args = []string{"--event-buffer", "1"}
+	l.setupFaults()
+	echo := l.startEcho()
+	defer echo.Close()
+	active, standby := l.roles()
+	if active.Name != "lb1" {
+		t.Fatalf("lb1 should be the first Active, got %s", active.Name)
+	}
+
+	// An overrun: a burst of new connections against a one-byte buffer.
+	flows := l.openFlows(flowCount)
+	l.waitTablesEqual(active, standby, flowCount)
+	if n := l.mirrorFigure(active, "Event Overruns"); n == 0 {
+		t.Errorf("no overrun counted on %s with a one-byte event buffer", active.Name)
+	} else {
+		t.Logf("overrun provoked: %d overruns counted and repaired by resyncs; tables equal", n)
+	}
+
+	// The mirror link is cut while new connections open, then restored.
+	l.blockMirror(active, true)
+	more := l.openFlows(20)
+	time.Sleep(2 * time.Second)
+	if rows := len(l.mirrorRows(standby)); rows >= flowCount+20 {
+		t.Errorf("standby has %d rows while the mirror link was cut; the cut did not cut", rows)
+	}
+	l.blockMirror(active, false)
+	l.waitTablesEqual(active, standby, flowCount+20)
+	t.Logf("mirror link cut and restored: tables equal again")
+
+	// The standby restarted.
+	standby.Kill()
+	if err := l.Start(standby); err != nil {
+		t.Fatal(err)
+	}
+	l.waitState(standby, "STANDBY", 15*time.Second)
+	l.waitTablesEqual(active, standby, flowCount+20)
+	t.Logf("standby restarted: tables equal again")
+
+	// Everything mirrored through these faults survives a failover.
+	all := append(flows, more...)
+	if os.Getenv("E2E_DEBUG") != "" {
+		out, _ := exec.Command("ip", "netns", "exec", standby.NS, "conntrack", "-L", "-p", "tcp", "--dport", "3306").CombinedOutput()
+		t.Logf("standby before:\n%s", tail(string(out), 5))
+		out, _ = exec.Command("ip", "netns", "exec", active.NS, "conntrack", "-L", "-p", "tcp", "--dport", "3306").CombinedOutput()
+		t.Logf("active before:\n%s", tail(string(out), 5))
+		go func() {
+			time.Sleep(1500 * time.Millisecond)
+			out, _ := exec.Command("ip", "netns", "exec", standby.NS, "conntrack", "-L", "-p", "tcp", "--dport", "3306").CombinedOutput()
+			t.Logf("standby after:\n%s", tail(string(out), 5))
+		}()
+	}
+	if err := l.SetLinks(active, false); err != nil {
+		t.Fatal(err)
+	}
+	active.Kill()
+	l.waitState(standby, "ACTIVE", 15*time.Second)
+	l.progressing(all, "the failover")
+	out := settle(all)
+	t.Logf("after overrun, mirror link cut and standby restart, failover: kept %d/%d connections", out.Kept, out.Total)
+	if out.Kept != out.Total {
+		t.Errorf("kept %d/%d; first errors: %v", out.Kept, out.Total, firstErrors(out.Errors, 3))
+	}
+}
+
+var figureRE = regexp.MustCompile(`(?m)^([A-Z][A-Za-z ]+?)\s{2,}(\d+)$`)
+
+// mirrorFigure reads a number from show sys mirror.
+func (l *lab) mirrorFigure(d *labnet.Device, name string) int {
+	out, err := l.Tmsh(d, "show sys mirror")
+	if err != nil {
+		return -1
+	}
+	for _, m := range figureRE.FindAllStringSubmatch(out, -1) {
+		if m[1] == name {
+			var n int
+			fmt.Sscan(m[2], &n)
+			return n
+		}
+	}
+	return -1
+}
