@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -136,7 +138,7 @@ func (l *lab) blockMirror(d *labnet.Device, block bool) {
 func TestFaultChannels(t *testing.T) {
 	l := newLab(t)
 	// A tiny event buffer on lb1 (the first Active) makes bursts overrun its socket.
-	l.Device("lb1").Args = []string{"--event-buffer", "1"}
+	l.Device("lb1").Args = []string{"--event-buffer", "1", "--metrics", "192.168.77.2:9410"}
 	l.setupFaults()
 	echo := l.startEcho()
 	defer echo.Close()
@@ -153,6 +155,16 @@ func TestFaultChannels(t *testing.T) {
 	} else {
 		t.Logf("overrun provoked: %d overruns counted and repaired by resyncs; tables equal", n)
 	}
+
+	l.checkMetrics(active, "192.168.77.2:9410", []string{
+		`appliance_failover_state{state="Active"} 1`,
+		`appliance_peer_alive 1`,
+		`appliance_mirror_connected{role="sender"} 1`,
+		`appliance_conntrack_event_overruns_total`,
+		`appliance_mirror_flows_sent_total`,
+		`appliance_garp_sent_total`,
+		`appliance_heartbeats_received_total`,
+	})
 
 	// The mirror link is cut while new connections open, then restored.
 	l.blockMirror(active, true)
@@ -216,4 +228,30 @@ func (l *lab) mirrorFigure(d *labnet.Device, name string) int {
 		}
 	}
 	return -1
+}
+
+// checkMetrics scrapes /metrics inside d's namespace and looks for each line prefix.
+func (l *lab) checkMetrics(d *labnet.Device, addr string, want []string) {
+	l.t.Helper()
+	var body string
+	err := labnet.Do(d.NS, func() error {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+		data, err := io.ReadAll(c)
+		body = string(data)
+		return err
+	})
+	if err != nil {
+		l.t.Fatalf("scrape %s metrics: %v", d.Name, err)
+	}
+	for _, w := range want {
+		if !strings.Contains(body, "\n"+w) {
+			l.t.Errorf("%s /metrics lacks %q", d.Name, w)
+		}
+	}
 }
