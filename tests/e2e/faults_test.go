@@ -186,6 +186,21 @@ func TestFaultChannels(t *testing.T) {
 	l.waitTablesEqual(active, standby, flowCount+20)
 	t.Logf("standby restarted: tables equal again")
 
+	// The active's daemon is killed and restarted while its kernel keeps forwarding (links
+	// up): the pair settles on one Active, the connections carry on, the tables converge.
+	active.Kill()
+	if err := l.Start(active); err != nil {
+		t.Fatal(err)
+	}
+	l.waitFor(15*time.Second, "one Active and one Standby after the daemon restart", func() (bool, string) {
+		a, b := l.failoverState(active), l.failoverState(standby)
+		return (a == "ACTIVE" && b == "STANDBY") || (a == "STANDBY" && b == "ACTIVE"), a + "/" + b
+	})
+	active, standby = l.roles()
+	l.progressing(append(flows, more...), "the active's daemon restart")
+	l.waitTablesEqual(active, standby, flowCount+20)
+	t.Logf("active's daemon restarted with its kernel forwarding: %s Active, tables equal again", active.Name)
+
 	// Everything mirrored through these faults survives a failover.
 	all := append(flows, more...)
 	if os.Getenv("E2E_DEBUG") != "" {
