@@ -19,6 +19,14 @@ const (
 	// recvTimeout bounds the wait for each datagram of an answer. The kernel answers
 	// ctnetlink requests synchronously, so this only guards against a lost answer.
 	recvTimeout = 10 * time.Second
+
+	// sockSendBuf and sockRecvBuf are asked for the request socket (the kernel doubles
+	// them), so that a batch of requests fits one sendmsg (netlink_sendmsg refuses a
+	// message longer than the send buffer with EMSGSIZE) and its answers fit the receive
+	// queue: the kernel queues acknowledgements and get answers without waiting, and
+	// drops what does not fit (netlink_unicast with MSG_DONTWAIT, then ENOBUFS).
+	sockSendBuf = 1 << 20
+	sockRecvBuf = 4 << 20
 )
 
 // errStop is returned by a query callback to stop delivery; the rest of the answer is
@@ -33,11 +41,15 @@ var errStop = errors.New("stop")
 // sets NLM_F_MULTI whenever a portid is given), and mdlayher/netlink v1.11 then waits
 // for NLMSG_DONE for ever. Here an answer ends at the acknowledgement or NLMSG_DONE
 // carrying the request's sequence number, whichever comes first.
+//
+// It numbers its requests itself, so that a batch takes a run of sequence numbers.
 type querier struct {
-	mu   sync.Mutex // one request and its answer at a time
+	mu   sync.Mutex // one request (or batch) and its answer at a time
 	conn *netlink.Conn
 	raw  syscall.RawConn
-	buf  []byte
+	seq  uint32 // last sequence number used
+	buf  []byte // receive buffer
+	out  []byte // send buffer of query
 }
 
 func dialQuerier() (*querier, error) {
@@ -50,96 +62,266 @@ func dialQuerier() (*querier, error) {
 		_ = c.Close()
 		return nil, err
 	}
-	return &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize)}, nil
+	return &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano())}, nil
 }
 
 func (q *querier) close() error { return q.conn.Close() }
 
+// setBuffers grows the socket buffers for batches: with SO_SNDBUFFORCE / SO_RCVBUFFORCE
+// (CAP_NET_ADMIN; they ignore net.core.wmem_max and rmem_max), else as far as the plain
+// options allow. It returns the sizes the kernel reports (twice what was asked for).
+func (q *querier) setBuffers(send, recv int) (sendGot, recvGot int, err error) {
+	var serr error
+	cerr := q.raw.Control(func(fd uintptr) {
+		set := func(force, plain, n int) {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, force, n) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, plain, n)
+			}
+		}
+		set(unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, send)
+		set(unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, recv)
+		var e1, e2 error
+		sendGot, e1 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
+		recvGot, e2 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+		serr = errors.Join(e1, e2)
+	})
+	if err := errors.Join(cerr, serr); err != nil {
+		return 0, 0, fmt.Errorf("conntrack socket buffers: %w", err)
+	}
+	return sendGot, recvGot, nil
+}
+
+// next returns the next sequence number; with q.mu held.
+func (q *querier) next() uint32 {
+	q.seq++
+	return q.seq
+}
+
+// reserve takes n sequence numbers and returns the first; with q.mu held.
+func (q *querier) reserve(n int) uint32 {
+	first := q.seq + 1
+	q.seq += uint32(n)
+	return first
+}
+
 // query sends req and calls each for every message of the answer until it ends; an error
 // from each stops the calls (and is returned) but not the reading. An NLMSG_ERROR answer
-// is returned as its unix.Errno.
+// is returned as its unix.Errno. The Data each gets is valid only during the call.
 func (q *querier) query(req netlink.Message, each func(netlink.Message) error) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	sent, err := q.conn.Send(req)
-	if err != nil {
+	seq := q.next()
+	var h [nlmsgHeaderLen]byte
+	ne := binary.NativeEndian
+	ne.PutUint32(h[0:], uint32(nlmsgHeaderLen+len(req.Data)))
+	ne.PutUint16(h[4:], uint16(req.Header.Type))
+	ne.PutUint16(h[6:], uint16(req.Header.Flags))
+	ne.PutUint32(h[8:], seq)
+	q.out = append(append(q.out[:0], h[:]...), req.Data...)
+	if err := q.send(q.out); err != nil {
 		return err
 	}
 	var eachErr error
 	for {
-		msgs, err := q.receive()
+		n, err := q.receive(true)
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
-			if m.Header.Sequence != sent.Header.Sequence {
-				continue // the rest of an answer abandoned by an earlier error
+		done := false
+		var ackErr error
+		err = forEachMessage(q.buf[:n], func(m netlink.Message) error {
+			if m.Header.Sequence != seq || done {
+				return nil // the rest of an answer abandoned by an earlier error
 			}
 			switch m.Header.Type {
 			case netlink.Noop:
 			case netlink.Error, netlink.Done:
 				// Both carry an int32 errno (0 for an acknowledgement / a clean end).
-				if len(m.Data) >= 4 {
-					if code := int32(binary.NativeEndian.Uint32(m.Data)); code != 0 {
-						return unix.Errno(-code)
-					}
+				done = true
+				if errno := messageErrno(m.Data); errno != 0 {
+					ackErr = errno
 				}
-				return eachErr
 			default:
 				if eachErr == nil && each != nil {
 					eachErr = each(m)
 				}
 			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if done {
+			if ackErr != nil {
+				return ackErr
+			}
+			return eachErr
 		}
 	}
 }
 
-// receive reads one datagram and splits it into messages.
-func (q *querier) receive() ([]netlink.Message, error) {
-	if err := q.conn.SetReadDeadline(time.Now().Add(recvTimeout)); err != nil {
-		return nil, err
+// messageErrno returns the errno of an NLMSG_ERROR or NLMSG_DONE payload (0 for an
+// acknowledgement or a clean end).
+func messageErrno(data []byte) unix.Errno {
+	if len(data) < 4 {
+		return 0
+	}
+	if code := int32(binary.NativeEndian.Uint32(data)); code < 0 {
+		return unix.Errno(-code)
+	}
+	return 0
+}
+
+// send writes b, one or more netlink messages, in one sendmsg to the kernel. The kernel
+// handles them one after the other before sendmsg returns (netlink_unicast_kernel), and
+// queues each answer on the socket then.
+func (q *querier) send(b []byte) error {
+	var werr error
+	err := q.raw.Write(func(fd uintptr) bool {
+		for {
+			werr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+			if !errors.Is(werr, unix.EINTR) {
+				return !errors.Is(werr, unix.EAGAIN)
+			}
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	if werr != nil {
+		return fmt.Errorf("send: %w", werr)
+	}
+	return nil
+}
+
+// receive reads one datagram into q.buf and returns its length. With wait it waits up to
+// recvTimeout for one; without, it returns unix.EAGAIN at once when none is queued.
+// unix.ENOBUFS says that the kernel dropped answers because the receive queue was full.
+func (q *querier) receive(wait bool) (int, error) {
+	if wait {
+		if err := q.conn.SetReadDeadline(time.Now().Add(recvTimeout)); err != nil {
+			return 0, err
+		}
 	}
 	var n int
 	var rerr error
 	for {
 		err := q.raw.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), q.buf, unix.MSG_TRUNC)
-			return !errors.Is(rerr, unix.EAGAIN) // EAGAIN: wait until readable
+			n, _, rerr = unix.Recvfrom(int(fd), q.buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
+			return !wait || !errors.Is(rerr, unix.EAGAIN) // EAGAIN: wait until readable
 		})
 		if err != nil {
-			return nil, fmt.Errorf("receive: %w", err)
+			return 0, fmt.Errorf("receive: %w", err)
 		}
 		if !errors.Is(rerr, unix.EINTR) {
 			break
 		}
 	}
 	if rerr != nil {
-		return nil, fmt.Errorf("receive: %w", rerr)
+		if errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.ENOBUFS) {
+			return 0, rerr
+		}
+		return 0, fmt.Errorf("receive: %w", rerr)
 	}
 	if n > len(q.buf) {
-		return nil, fmt.Errorf("receive: datagram of %d bytes truncated", n)
+		return 0, fmt.Errorf("receive: datagram of %d bytes truncated", n)
 	}
-	return parseMessages(q.buf[:n])
+	return n, nil
+}
+
+// forEachMessage calls fn for each netlink message in a datagram, without copying: the
+// Data fn gets is valid only during the call. It stops at fn's first error.
+func forEachMessage(b []byte, fn func(netlink.Message) error) error {
+	ne := binary.NativeEndian
+	for len(b) >= nlmsgHeaderLen {
+		l := int(ne.Uint32(b))
+		if l < nlmsgHeaderLen || l > len(b) {
+			return fmt.Errorf("parse netlink messages: message of %d bytes in %d: %w", l, len(b), unix.EINVAL)
+		}
+		m := netlink.Message{
+			Header: netlink.Header{
+				Length:   uint32(l),
+				Type:     netlink.HeaderType(ne.Uint16(b[4:])),
+				Flags:    netlink.HeaderFlags(ne.Uint16(b[6:])),
+				Sequence: ne.Uint32(b[8:]),
+				PID:      ne.Uint32(b[12:]),
+			},
+			Data: b[nlmsgHeaderLen:l:l],
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+		b = b[min(len(b), (l+3)&^3):]
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("parse netlink messages: %d bytes left over: %w", len(b), unix.EINVAL)
+	}
+	return nil
 }
 
 // parseMessages splits a datagram into netlink messages, copying their payloads.
 func parseMessages(b []byte) ([]netlink.Message, error) {
-	raw, err := syscall.ParseNetlinkMessage(b)
-	if err != nil {
-		return nil, fmt.Errorf("parse netlink messages: %w", err)
+	var out []netlink.Message
+	err := forEachMessage(b, func(m netlink.Message) error {
+		m.Data = append([]byte(nil), m.Data...)
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// exchange sends the n messages in b, numbered first to first+n-1, in one sendmsg and
+// reads the answers that the kernel queued meanwhile: answer gets the index of the
+// request, the message type and its payload (valid during the call only). It reads until
+// final has been answered (the index of the last message with NLM_F_ACK, or -1 to read
+// until the queue is empty) and returns lost=true when the kernel reported dropped
+// answers (ENOBUFS): then any request without an answer may or may not have been done.
+func (q *querier) exchange(b []byte, first uint32, n, final int,
+	answer func(i int, typ netlink.HeaderType, data []byte)) (lost bool, err error) {
+	if err := q.send(b); err != nil {
+		return false, err
 	}
-	out := make([]netlink.Message, 0, len(raw))
-	for _, r := range raw {
-		out = append(out, netlink.Message{
-			Header: netlink.Header{
-				Length:   r.Header.Len,
-				Type:     netlink.HeaderType(r.Header.Type),
-				Flags:    netlink.HeaderFlags(r.Header.Flags),
-				Sequence: r.Header.Seq,
-				PID:      r.Header.Pid,
-			},
-			Data: append([]byte(nil), r.Data...),
+	finalSeen := false
+	for !finalSeen {
+		m, err := q.receive(false)
+		switch {
+		case errors.Is(err, unix.ENOBUFS):
+			lost = true
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			// Everything the kernel answered is queued by the time sendmsg returns, so
+			// an empty queue means the rest was dropped.
+			return true, nil
+		case err != nil:
+			return lost, err
+		}
+		err = forEachMessage(q.buf[:m], func(msg netlink.Message) error {
+			i := int(msg.Header.Sequence - first)
+			if i < 0 || i >= n || msg.Header.Type == netlink.Noop {
+				return nil // the rest of an earlier answer
+			}
+			answer(i, msg.Header.Type, msg.Data)
+			if i == final && (msg.Header.Type == netlink.Error || msg.Header.Type == netlink.Done) {
+				finalSeen = true
+			}
+			return nil
 		})
+		if err != nil {
+			return lost, err
+		}
 	}
-	return out, nil
+	if final < 0 {
+		return lost, nil
+	}
+	// Drain what follows the final answer (nothing, unless an earlier batch was cut).
+	for {
+		_, err := q.receive(false)
+		if errors.Is(err, unix.ENOBUFS) {
+			lost = true
+			continue
+		}
+		if err != nil {
+			return lost, nil
+		}
+	}
 }
