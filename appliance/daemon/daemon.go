@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/ha/configsync"
@@ -31,6 +32,9 @@ type Options struct {
 	// EventBuffer is the conntrack event socket's receive buffer in bytes (0: the default,
 	// large enough for bursts; tests make it tiny to provoke overruns).
 	EventBuffer int
+	// DigestInterval is how often the active sends a digest of its table for the standby to
+	// check (0: 10 s; negative: never).
+	DigestInterval time.Duration
 }
 
 // Daemon is the appliance's core. Its exported methods are safe for concurrent use; all

@@ -217,10 +217,11 @@ func (r *roleRunner) start(c *config.Config) {
 			return
 		}
 		sender := mirror.NewSender(mirror.SenderConfig{
-			Device:   c.Local.Device.Name,
-			Peers:    peers,
-			Snapshot: d.snapshot,
-			Logger:   logger,
+			Device:         c.Local.Device.Name,
+			Peers:          peers,
+			Snapshot:       d.snapshot,
+			Logger:         logger,
+			DigestInterval: d.opts.DigestInterval,
 		})
 		r.statsMu.Lock()
 		r.sender = sender
@@ -245,7 +246,9 @@ func (r *roleRunner) start(c *config.Config) {
 	if len(addrs) == 0 {
 		return
 	}
-	receiver := mirror.NewReceiver(mirror.ReceiverConfig{Listen: addrs, Table: flowWriter{d}, Logger: logger})
+	// The receiver checks its own kernel against what it injected at every digest: an entry
+	// deleted or expired behind its back is repaired, one it never injected is removed.
+	receiver := mirror.NewReceiver(mirror.ReceiverConfig{Listen: addrs, Table: flowWriter{d}, Snapshot: d.snapshot, Logger: logger})
 	r.statsMu.Lock()
 	r.receiver = receiver
 	r.statsMu.Unlock()
@@ -545,6 +548,7 @@ func (d *Daemon) mirrorStatus() tmsh.MirrorStatus {
 		ss := sender.Stats()
 		m.Role, m.Connected, m.FlowsSent, m.DeletesSent = "sender", ss.Connected, ss.FlowsSent, ss.DeletesSent
 		m.Syncs, m.QueueDepth, m.Overflows = ss.Syncs, ss.QueueLen, ss.Overflows
+		m.DigestsSent, m.ResyncsRequested = ss.DigestsSent, ss.ResyncsRequested
 		if ss.Peer.IsValid() {
 			m.Peer = ss.Peer.String()
 		}
@@ -552,7 +556,9 @@ func (d *Daemon) mirrorStatus() tmsh.MirrorStatus {
 	if receiver != nil {
 		rs := receiver.Stats()
 		m.Role, m.Connected, m.FlowsHeld, m.Applied = "receiver", rs.Connected, rs.Flows, rs.Applied
-		m.InjectErrors, m.StaleDeleted, m.Syncs = rs.InjectErrors, rs.StaleDeleted, rs.Syncs
+		m.InjectErrors, m.StaleDeleted, m.Syncs = rs.InjectErrors, rs.StaleDeleted+rs.StrayDeleted, rs.Syncs
+		m.DigestsChecked, m.DriftDetected, m.Repairs = rs.DigestsChecked, rs.DriftDetected, rs.Repairs
+		m.LastDrift, m.LastDigestMatch = rs.LastDrift, rs.LastDigestMatch
 		if rs.PeerDevice != "" {
 			m.Peer = rs.PeerDevice + " (" + rs.PeerAddr.String() + ")"
 		}

@@ -30,14 +30,19 @@ var (
 	descMirrorHeld     = prometheus.NewDesc("appliance_mirror_flows", "Mirrored flows the standby holds.", nil, nil)
 	descMirrorApplied  = prometheus.NewDesc("appliance_mirror_applied_total", "Mirrored changes applied to the standby's kernel.", nil, nil)
 	descMirrorErrors   = prometheus.NewDesc("appliance_mirror_inject_errors_total", "Mirrored flows the standby's kernel refused.", nil, nil)
-	descMirrorStale    = prometheus.NewDesc("appliance_mirror_stale_deleted_total", "Stale flows removed from the standby at the end of a full sync.", nil, nil)
+	descMirrorStale    = prometheus.NewDesc("appliance_mirror_stale_deleted_total", "Stale or stray flows removed from the standby.", nil, nil)
+	descDigests        = prometheus.NewDesc("appliance_mirror_digests_total", "Table digests sent (sender) or checked (receiver).", []string{"role"}, nil)
+	descDrift          = prometheus.NewDesc("appliance_mirror_drift_detected_total", "Times the standby's table was found to differ from the active's.", nil, nil)
+	descRepairs        = prometheus.NewDesc("appliance_mirror_drift_repaired_total", "Drifts repaired by a full sync.", nil, nil)
+	descResyncReqs     = prometheus.NewDesc("appliance_mirror_resyncs_requested_total", "Full syncs requested by the standby.", []string{"role"}, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descFailovers, descTransitions, descPeerAlive, descHBSent, descHBRecv,
 		descHBMissed, descGARP, descOverruns, descMirrorConn, descMirrorSent, descMirrorDeletes, descMirrorSyncs,
-		descMirrorQueue, descMirrorOverflow, descMirrorHeld, descMirrorApplied, descMirrorErrors, descMirrorStale} {
+		descMirrorQueue, descMirrorOverflow, descMirrorHeld, descMirrorApplied, descMirrorErrors, descMirrorStale,
+		descDigests, descDrift, descRepairs, descResyncReqs} {
 		ch <- d
 	}
 }
@@ -86,6 +91,8 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descMirrorSyncs, ss.Syncs, "sender")
 		gauge(descMirrorQueue, float64(ss.QueueLen))
 		counter(descMirrorOverflow, ss.Overflows)
+		counter(descDigests, ss.DigestsSent, "sender")
+		counter(descResyncReqs, ss.ResyncsRequested, "sender")
 	}
 	if receiver != nil {
 		rs := receiver.Stats()
@@ -93,7 +100,11 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descMirrorHeld, float64(rs.Flows))
 		counter(descMirrorApplied, rs.Applied)
 		counter(descMirrorErrors, rs.InjectErrors)
-		counter(descMirrorStale, rs.StaleDeleted)
+		counter(descMirrorStale, rs.StaleDeleted+rs.StrayDeleted)
+		counter(descDigests, rs.DigestsChecked, "receiver")
+		counter(descDrift, rs.DriftDetected)
+		counter(descRepairs, rs.Repairs)
+		counter(descResyncReqs, rs.ResyncsRequested, "receiver")
 		counter(descMirrorSyncs, rs.Syncs, "receiver")
 	}
 }

@@ -99,4 +99,14 @@ type MirrorStatus struct {
 	Applied      uint64
 	InjectErrors uint64
 	StaleDeleted uint64
+
+	// Anti-entropy: the active sends digests of its table; the standby compares, reports
+	// drift and asks for a full sync to repair it.
+	DigestsSent      uint64
+	ResyncsRequested uint64 // sender: full syncs the peer asked for
+	DigestsChecked   uint64
+	DriftDetected    uint64
+	Repairs          uint64
+	LastDrift        time.Time
+	LastDigestMatch  time.Time
 }

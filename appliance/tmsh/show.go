@@ -274,12 +274,19 @@ func showSysMirror(w io.Writer, st FailoverStatus) error {
 		row("Full Syncs", m.Syncs)
 		row("Queue Depth", m.QueueDepth)
 		row("Queue Overflows", m.Overflows)
+		row("Digests Sent", m.DigestsSent)
+		row("Resyncs Requested", m.ResyncsRequested)
 	case "receiver":
 		row("Mirrored Flows", m.FlowsHeld)
 		row("Changes Applied", m.Applied)
 		row("Inject Errors", m.InjectErrors)
 		row("Stale Deleted", m.StaleDeleted)
 		row("Full Syncs", m.Syncs)
+		row("Digests Checked", m.DigestsChecked)
+		row("Drift Detected", m.DriftDetected)
+		row("Drift Repaired", m.Repairs)
+		row("Last Digest Match", stamp(m.LastDigestMatch))
+		row("Last Drift", stamp(m.LastDrift))
 	}
 	row("Event Overruns", m.Overruns)
 	_, err := io.WriteString(w, b.String())
@@ -291,4 +298,11 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	return t.Format("Mon Jan _2 15:04:05 2006")
 }

@@ -19,9 +19,13 @@ const (
 	maxBodyLen   = 512 // cap on a frame's body (type byte + payload); the largest is a Hello
 	maxDeviceLen = 255 // the Hello's name length is one byte
 
-	helloFixed   = 4 + 1 + 8 + 1 // magic, version, session, name length
-	syncBeginLen = 4
-	syncEndLen   = 4 + 8
+	helloFixed    = 4 + 1 + 8 + 1 // magic, version, session, name length
+	syncBeginLen  = 4
+	syncEndLen    = 4 + 8
+	digestLen     = 4 + 8 + 8 // id, count, sum
+	resyncReqLen  = 1         // reason
+	digestReqLen  = 0
+	backFrameSize = lenPrefix + 1 + resyncReqLen // the largest back-channel frame
 )
 
 // frameType is a frame's first body byte.
@@ -34,6 +38,10 @@ const (
 	frameSyncBegin frameType = 4
 	frameSyncEnd   frameType = 5
 	frameKeepalive frameType = 6
+	frameDigest    frameType = 7 // Sender to Receiver: anti-entropy digest
+	// Back-channel frames, Receiver to Sender.
+	frameResyncRequest frameType = 8
+	frameDigestRequest frameType = 9
 )
 
 func (t frameType) String() string {
@@ -50,6 +58,12 @@ func (t frameType) String() string {
 		return "sync-end"
 	case frameKeepalive:
 		return "keepalive"
+	case frameDigest:
+		return "digest"
+	case frameResyncRequest:
+		return "resync-request"
+	case frameDigestRequest:
+		return "digest-request"
 	}
 	return fmt.Sprintf("frame-type-%d", uint8(t))
 }
@@ -61,6 +75,34 @@ type hello struct {
 	device  string
 }
 
+// resyncReason says why a Receiver asks for a full sync. The decoder accepts any value, so
+// that a newer Receiver can give a reason an older Sender does not know (it logs the number).
+type resyncReason uint8
+
+const (
+	// reasonDigest: the Sender's digest and the Receiver's remembered set differ, twice running.
+	reasonDigest resyncReason = 1
+	// reasonTable: the standby's kernel table lacks mirrored entries, or holds them with
+	// another reply tuple, at two kernel checks running.
+	reasonTable resyncReason = 2
+)
+
+func (r resyncReason) String() string {
+	switch r {
+	case reasonDigest:
+		return "digest mismatch"
+	case reasonTable:
+		return "table drift"
+	}
+	return fmt.Sprintf("reason-%d", uint8(r))
+}
+
+// digestMsg is a Digest frame's payload.
+type digestMsg struct {
+	id uint32 // per connection, from 1
+	d  digest
+}
+
 // frame is one decoded frame. A decoder reuses one frame value, so decoding allocates nothing
 // (except a Hello's device name).
 type frame struct {
@@ -69,6 +111,8 @@ type frame struct {
 	hello  hello
 	syncID uint32 // sync-begin, sync-end
 	count  uint64 // sync-end: the number of upserts between sync-begin and sync-end
+	digest digestMsg
+	reason resyncReason // resync-request
 }
 
 // addrLen returns the address length for a family byte, 0 for an unknown family.
@@ -158,6 +202,20 @@ func appendSyncEnd(b []byte, id uint32, count uint64) []byte {
 
 func appendKeepalive(b []byte) []byte { return appendHeader(b, frameKeepalive, 0) }
 
+func appendDigest(b []byte, m digestMsg) []byte {
+	b = appendHeader(b, frameDigest, digestLen)
+	b = binary.BigEndian.AppendUint32(b, m.id)
+	b = binary.BigEndian.AppendUint64(b, m.d.count)
+	return binary.BigEndian.AppendUint64(b, m.d.sum)
+}
+
+func appendResyncRequest(b []byte, r resyncReason) []byte {
+	b = appendHeader(b, frameResyncRequest, resyncReqLen)
+	return append(b, byte(r))
+}
+
+func appendDigestRequest(b []byte) []byte { return appendHeader(b, frameDigestRequest, digestReqLen) }
+
 // appendFrame appends any frame; the tests use it to round-trip decoded frames.
 func appendFrame(b []byte, fr *frame) ([]byte, error) {
 	switch fr.typ {
@@ -173,6 +231,12 @@ func appendFrame(b []byte, fr *frame) ([]byte, error) {
 		return appendSyncEnd(b, fr.syncID, fr.count), nil
 	case frameKeepalive:
 		return appendKeepalive(b), nil
+	case frameDigest:
+		return appendDigest(b, fr.digest), nil
+	case frameResyncRequest:
+		return appendResyncRequest(b, fr.reason), nil
+	case frameDigestRequest:
+		return appendDigestRequest(b), nil
 	}
 	return b, fmt.Errorf("%w: unknown type %d", ErrMalformed, fr.typ)
 }
@@ -246,10 +310,23 @@ func decodeBody(body []byte, fr *frame) error {
 		}
 		fr.syncID = binary.BigEndian.Uint32(p)
 		fr.count = binary.BigEndian.Uint64(p[4:])
-	case frameKeepalive:
+	case frameKeepalive, frameDigestRequest:
 		if len(p) != 0 {
 			return malformed(t, len(p))
 		}
+	case frameDigest:
+		if len(p) != digestLen {
+			return malformed(t, len(p))
+		}
+		fr.digest = digestMsg{
+			id: binary.BigEndian.Uint32(p),
+			d:  digest{count: binary.BigEndian.Uint64(p[4:]), sum: binary.BigEndian.Uint64(p[12:])},
+		}
+	case frameResyncRequest:
+		if len(p) != resyncReqLen {
+			return malformed(t, len(p))
+		}
+		fr.reason = resyncReason(p[0])
 	default:
 		return fmt.Errorf("%w: unknown frame type %d", ErrMalformed, uint8(t))
 	}
@@ -306,6 +383,17 @@ func (d *decoder) next(fr *frame) error {
 	return nil
 }
 
+// frameBuffered reports whether a whole frame is buffered, so that next will not read from the
+// stream (and so cannot block on it).
+func (d *decoder) frameBuffered() bool {
+	n := d.r.Buffered()
+	if n < lenPrefix {
+		return false
+	}
+	hdr, _ := d.r.Peek(lenPrefix) // buffered: no read
+	return n >= lenPrefix+int(binary.BigEndian.Uint16(hdr))
+}
+
 // encoder writes frames to a buffered stream. It is not safe for concurrent use.
 type encoder struct {
 	w   *bufio.Writer
@@ -348,4 +436,7 @@ func (e *encoder) syncEnd(id uint32, count uint64) error {
 	return e.write(appendSyncEnd(e.buf[:0], id, count))
 }
 func (e *encoder) keepalive() error { return e.write(appendKeepalive(e.buf[:0])) }
-func (e *encoder) flush() error     { return e.w.Flush() }
+func (e *encoder) digest(m digestMsg) error {
+	return e.write(appendDigest(e.buf[:0], m))
+}
+func (e *encoder) flush() error { return e.w.Flush() }

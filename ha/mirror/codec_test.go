@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-var frameComparer = cmp.Options{cmp.AllowUnexported(frame{}, hello{}), addrPortComparer}
+var frameComparer = cmp.Options{cmp.AllowUnexported(frame{}, hello{}, digestMsg{}, digest{}), addrPortComparer}
 
 func mustAppend(t testing.TB, fr *frame) []byte {
 	t.Helper()
@@ -40,16 +40,23 @@ func sampleFrames() map[string]frame {
 		"upsert-max": {typ: frameUpsert, flow: Flow{Proto: 255, TCPState: 255, Timeout: 1<<32 - 1, Mark: 1<<32 - 1,
 			Orig:  Tuple{netip.MustParseAddrPort("[ffff::ffff]:65535"), netip.MustParseAddrPort("[::]:0")},
 			Reply: Tuple{netip.MustParseAddrPort("[::1]:65535"), netip.MustParseAddrPort("[::2]:1")}}},
-		"delete-ipv4": {typ: frameDelete, flow: Flow{Proto: v4.Proto, Orig: v4.Orig}},
-		"delete-ipv6": {typ: frameDelete, flow: Flow{Proto: v6.Proto, Orig: v6.Orig}},
-		"sync-begin":  {typ: frameSyncBegin, syncID: 7},
-		"sync-end":    {typ: frameSyncEnd, syncID: 7, count: 1_000_000},
-		"keepalive":   {typ: frameKeepalive},
+		"delete-ipv4":           {typ: frameDelete, flow: Flow{Proto: v4.Proto, Orig: v4.Orig}},
+		"delete-ipv6":           {typ: frameDelete, flow: Flow{Proto: v6.Proto, Orig: v6.Orig}},
+		"sync-begin":            {typ: frameSyncBegin, syncID: 7},
+		"sync-end":              {typ: frameSyncEnd, syncID: 7, count: 1_000_000},
+		"keepalive":             {typ: frameKeepalive},
+		"digest":                {typ: frameDigest, digest: digestMsg{id: 3, d: digest{count: 1_000_000, sum: 0xfedcba9876543210}}},
+		"digest-empty":          {typ: frameDigest, digest: digestMsg{id: 1}},
+		"resync-request":        {typ: frameResyncRequest, reason: reasonDigest},
+		"resync-request-table":  {typ: frameResyncRequest, reason: reasonTable},
+		"resync-request-future": {typ: frameResyncRequest, reason: 200},
+		"digest-request":        {typ: frameDigestRequest},
 	}
 }
 
 func TestCodecRoundTrip(t *testing.T) {
-	wantLen := map[string]int{"upsert-ipv4": 38, "upsert-ipv6": 86, "delete-ipv4": 17, "delete-ipv6": 41, "keepalive": 3}
+	wantLen := map[string]int{"upsert-ipv4": 38, "upsert-ipv6": 86, "delete-ipv4": 17, "delete-ipv6": 41, "keepalive": 3,
+		"digest": 23, "resync-request": 4, "digest-request": 3}
 	for name, fr := range sampleFrames() {
 		t.Run(name, func(t *testing.T) {
 			b := mustAppend(t, &fr)
@@ -107,6 +114,12 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "sync-end short", in: withLen(enc("sync-end")[2:10]), want: ErrMalformed},
 		{name: "sync-begin long", in: withLen(append(enc("sync-begin")[2:], 1)), want: ErrMalformed},
 		{name: "text", in: []byte("GET / HTTP/1.1\r\n\r\n"), want: ErrMalformed},
+		{name: "digest short", in: withLen(enc("digest")[2 : 2+1+19]), want: ErrMalformed},
+		{name: "digest long", in: withLen(append(enc("digest")[2:], 0)), want: ErrMalformed},
+		{name: "resync-request without reason", in: withLen([]byte{byte(frameResyncRequest)}), want: ErrMalformed},
+		{name: "resync-request long", in: withLen([]byte{byte(frameResyncRequest), 1, 2}), want: ErrMalformed},
+		{name: "digest-request with payload", in: withLen([]byte{byte(frameDigestRequest), 0}), want: ErrMalformed},
+		{name: "type ten", in: withLen([]byte{10}), want: ErrMalformed},
 	}
 	// Every strict prefix of every valid frame is a truncated frame.
 	for name := range valid {
@@ -171,7 +184,7 @@ func randomFrame(r *rand.Rand) frame {
 		Proto: byte(r.Uint32()), TCPState: byte(r.Uint32()), Timeout: r.Uint32(), Mark: r.Uint32(),
 		Orig: Tuple{addr(v6), addr(v6)}, Reply: Tuple{addr(v6), addr(v6)},
 	}
-	switch frameType(1 + r.IntN(6)) {
+	switch frameType(1 + r.IntN(9)) {
 	case frameHello:
 		name := make([]byte, r.IntN(maxDeviceLen+1))
 		for i := range name {
@@ -186,6 +199,12 @@ func randomFrame(r *rand.Rand) frame {
 		return frame{typ: frameSyncBegin, syncID: r.Uint32()}
 	case frameSyncEnd:
 		return frame{typ: frameSyncEnd, syncID: r.Uint32(), count: r.Uint64()}
+	case frameDigest:
+		return frame{typ: frameDigest, digest: digestMsg{id: r.Uint32(), d: digest{count: r.Uint64(), sum: r.Uint64()}}}
+	case frameResyncRequest:
+		return frame{typ: frameResyncRequest, reason: resyncReason(r.Uint32())}
+	case frameDigestRequest:
+		return frame{typ: frameDigestRequest}
 	default:
 		return frame{typ: frameKeepalive}
 	}
@@ -317,4 +336,44 @@ func FuzzDecodeStream(f *testing.F) {
 			t.Fatalf("re-encoded frames are not a prefix of the input")
 		}
 	})
+}
+
+// TestHeldSet: IPv4 keys compact and expand to themselves, and the set keeps both families
+// apart.
+func TestHeldSet(t *testing.T) {
+	h := newHeldSet()
+	for i := range 1000 {
+		f := testFlow(i)
+		fam, _ := flowFamily(&f)
+		k := packKey(f.Proto, fam, f.Orig)
+		if fam == familyV4 {
+			c := compactV4(&k)
+			if got := c.expand(); got != k {
+				t.Fatalf("%v: compacted and expanded to %v", k.flow().Orig, got.flow().Orig)
+			}
+		}
+		h.set(&k, heldEntry{hash: uint64(i)})
+	}
+	if h.len() != 1000 || len(h.v4) != 500 {
+		t.Fatalf("%d held, %d IPv4; want 1000, 500", h.len(), len(h.v4))
+	}
+	seen := 0
+	h.each(func(k *packedKey, e heldEntry) bool {
+		f := k.flow()
+		if want := testFlow(int(e.hash)); f.Key() != want.Key() {
+			t.Errorf("entry %d has key %v, want %v", e.hash, f.Key(), want.Key())
+		}
+		seen++
+		return e.hash%2 == 0 // drop the IPv6 ones
+	})
+	if seen != 1000 || h.len() != 500 {
+		t.Errorf("visited %d, %d left; want 1000, 500", seen, h.len())
+	}
+	k := packKey(6, familyV4, testFlow(4).Orig)
+	if e, ok := h.remove(&k); !ok || e.hash != 4 {
+		t.Errorf("remove: %v %v", e, ok)
+	}
+	if _, ok := h.get(&k); ok || h.len() != 499 {
+		t.Errorf("still held after remove")
+	}
 }

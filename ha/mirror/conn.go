@@ -2,7 +2,10 @@ package mirror
 
 import (
 	"context"
+	"errors"
 	"net"
+	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -50,17 +53,38 @@ func tuneConn(c net.Conn) {
 }
 
 // deadlineReader sets a read deadline before every read of the underlying connection. Behind a
-// bufio.Reader that is one deadline per buffer fill, not one per frame.
+// bufio.Reader that is one deadline per buffer fill, not one per frame. Another goroutine can
+// interrupt a read in progress (or the next one) with wake; the read then returns errWoken,
+// and the bufio.Reader keeps what it had buffered, so reading can go on after it.
 type deadlineReader struct {
 	c       net.Conn
 	timeout time.Duration
+	woken   atomic.Bool
 }
+
+// errWoken is what a read returns after deadlineReader.wake; it never leaves the Receiver.
+var errWoken = errors.New("read interrupted")
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
 	if err := d.c.SetReadDeadline(time.Now().Add(d.timeout)); err != nil {
 		return 0, err
 	}
-	return d.c.Read(p)
+	// Checked after setting the deadline: a wake that came before it is seen here, and one that
+	// comes after it moves the deadline to the past.
+	if d.woken.Swap(false) {
+		return 0, errWoken
+	}
+	n, err := d.c.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && d.woken.Swap(false) {
+		return n, errWoken
+	}
+	return n, err
+}
+
+// wake interrupts the read in progress, or else the next one. Safe for concurrent use.
+func (d *deadlineReader) wake() {
+	d.woken.Store(true)
+	_ = d.c.SetReadDeadline(time.Now())
 }
 
 // deadlineWriter sets a write deadline before every write of the underlying connection (one per

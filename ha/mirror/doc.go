@@ -18,10 +18,54 @@
 // when the connection fails, the Sender reconnects (to the next peer address if need be) and
 // syncs in full again.
 //
+// # Anti-entropy
+//
+// Events can still be lost in ways the stream cannot see (an event the daemon missed, an entry
+// that expired or was deleted on the standby, a write the standby's kernel refused), so the two
+// ends compare their tables, by digest rather than by copy, and repair what differs:
+//
+//   - Every SenderConfig.DigestInterval (10s) the Sender dumps its table (Snapshot) and writes a
+//     Digest: the number of flows and the sum (mod 2^64) of XXH64 over each flow's key and reply
+//     tuple (state, timeout and mark change all the time and do not count). The dump is not
+//     atomic, so the Sender keeps sending changes while it runs, remembers the last change sent
+//     for each key meanwhile, waits 20ms for late events, sends the queue once more and then
+//     counts the dumped flows of unchanged keys plus the latest state of the changed ones: the
+//     digest of its table as of the last change before the Digest frame, exactly what the
+//     Receiver holds when it reads that frame. Churn therefore causes no mismatch; one can come
+//     only from an event that trails its change by more than those 20ms, or from a dump that
+//     repeats or skips an entry (the kernel's table resizing under it).
+//   - The Receiver keeps the same digest of what it holds (a 64-bit hash per key, updated at
+//     every write, so comparing costs nothing). A mismatch makes it ask for a confirmation
+//     (DigestRequest), which the Sender answers at once; a second mismatch running is drift:
+//     counted, logged, and repaired by a full sync (ResyncRequest), whose sweep also deletes the
+//     stale entries. Drift is thus repaired about one interval after it arises, and a race costs
+//     at most one extra digest, never a full sync.
+//   - With ReceiverConfig.Snapshot (the standby's own kernel view), every Digest also starts a
+//     check of the kernel table against the remembered set, key by key, in a goroutine while
+//     the stream goes on; keys that the stream writes meanwhile are left out (the write settles
+//     them). An entry in the kernel that the Receiver did not inject is deleted on the spot (the
+//     active does not have it: the stream would have told us). An entry missing from the kernel,
+//     or present with another reply tuple, needs the active's data: when the same key is wrong
+//     at two checks running (the first asks for an early digest, so the second follows at once)
+//     the Receiver asks for a full sync. One sighting is not enough because a flow that expires
+//     on both devices leaves the standby's kernel a moment before the active's event arrives.
+//   - A drift that a full sync does not cure (a flow the standby's kernel refuses) is reported
+//     at every digest, but asks for another full sync only after 30s, then 1, 2, ... 10 minutes,
+//     until a clean digest resets the pause.
+//
+// # Batching
+//
+// The Receiver writes runs of consecutive FlowUpserts (up to 256, one per key, the latest) with
+// one BatchWriter.InjectBatch call when its Table has it. A run ends when no whole frame is left
+// in the read buffer (so nothing waits on the network) or at any other frame than a Keepalive:
+// deletes, syncs and digests stay in stream order.
+//
 // # Wire protocol
 //
-// One TCP connection from the Sender to the Receiver's mirror address, port 1028; only the
-// Sender writes. The stream is a sequence of frames, integers big-endian:
+// One TCP connection from the Sender to the Receiver's mirror address, port 1028. The Sender
+// writes the stream; the Receiver writes back only the rare ResyncRequest and DigestRequest
+// frames, in the same framing. Each end drops a connection that carries a frame meant for the
+// other direction. Frames, integers big-endian:
 //
 //	frame  = length:u16  type:u8  payload      length counts type+payload: 1..512
 //
@@ -31,6 +75,10 @@
 //	type 4 SyncBegin  id:u32
 //	type 5 SyncEnd    id:u32 count:u64        count = FlowUpserts since the SyncBegin with this id
 //	type 6 Keepalive  (empty)
+//	type 7 Digest     id:u32 count:u64 sum:u64   id counts from 1 on each connection
+//	back channel, Receiver to Sender:
+//	type 8 ResyncRequest  reason:u8              1 digest mismatch, 2 kernel table drift
+//	type 9 DigestRequest  (empty)
 //
 //	endpoint = addr:4 bytes (family 4) or 16 bytes (family 6)  port:u16
 //
@@ -43,7 +91,11 @@
 // connection, so a damaged sync never deletes anything. The Sender writes a Keepalive after each
 // idle second; the Receiver drops a connection silent for four seconds, and the Sender's kernel
 // one whose data stays unacknowledged for five (TCP_USER_TIMEOUT), after which the Sender tries
-// the peer's addresses again in order.
+// the peer's addresses again in order. A Sender sends Digest frames only after the connection's
+// first full sync and never inside one; a Receiver drops a connection that does otherwise. The
+// frames of types 7 to 9 came after version 1 was first released, without a version change:
+// both devices of a pair are upgraded together, and a Receiver that predates them drops the
+// connection at the first Digest.
 //
 // The decoder accepts exactly what the encoder writes (any other length, family or type is an
 // error wrapping ErrMalformed), reads a frame in place from its buffer, and never holds more than

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -278,4 +279,91 @@ func ap6(a, b, c uint16, id int, port uint16) netip.AddrPort {
 	x[0], x[1], x[2], x[3], x[4], x[5] = byte(a>>8), byte(a), byte(b>>8), byte(b), byte(c>>8), byte(c)
 	x[12], x[13], x[14], x[15] = byte(id>>24), byte(id>>16), byte(id>>8), byte(id)
 	return netip.AddrPortFrom(netip.AddrFrom16(x), port)
+}
+
+// Snapshot is a ReceiverConfig.Snapshot over the fake kernel: the standby's own view.
+func (ft *fakeTable) Snapshot(ctx context.Context, fn func(Flow) error) error {
+	for _, f := range ft.snapshot() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drop deletes an entry behind the Receiver's back (expired, or deleted by an operator).
+func (ft *fakeTable) drop(k Key) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	delete(ft.flows, k)
+}
+
+// put writes an entry behind the Receiver's back.
+func (ft *fakeTable) put(f Flow) {
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	ft.flows[f.Key()] = f
+}
+
+// batchTable is a fakeTable with InjectBatch; it records the size of every batch.
+type batchTable struct {
+	*fakeTable
+	mu      sync.Mutex
+	batches []int
+	calls   []string // "upsert KEY" per flow and "delete KEY", in call order
+	log     bool
+}
+
+func newBatchTable() *batchTable { return &batchTable{fakeTable: newFakeTable()} }
+
+func (bt *batchTable) InjectBatch(flows []Flow) []error {
+	bt.mu.Lock()
+	bt.batches = append(bt.batches, len(flows))
+	if bt.log {
+		for _, f := range flows {
+			bt.calls = append(bt.calls, fmt.Sprintf("upsert %v/%d", f.Orig.Src, f.Timeout))
+		}
+	}
+	bt.mu.Unlock()
+	var errs []error
+	for i, f := range flows {
+		if err := bt.fakeTable.Inject(f); err != nil {
+			if errs == nil {
+				errs = make([]error, len(flows))
+			}
+			errs[i] = err
+		}
+	}
+	return errs
+}
+
+func (bt *batchTable) Delete(f Flow) error {
+	bt.mu.Lock()
+	if bt.log {
+		bt.calls = append(bt.calls, fmt.Sprintf("delete %v", f.Orig.Src))
+	}
+	bt.mu.Unlock()
+	return bt.fakeTable.Delete(f)
+}
+
+func (bt *batchTable) batchSizes() []int {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	return slices.Clone(bt.batches)
+}
+
+func (bt *batchTable) callLog() []string {
+	bt.mu.Lock()
+	defer bt.mu.Unlock()
+	return slices.Clone(bt.calls)
+}
+
+// add changes the truth without telling the Sender: a flow whose event was lost.
+func (tr *truth) add(f Flow) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.flows[f.Key()] = f
 }

@@ -19,8 +19,17 @@ type ReceiverConfig struct {
 	// Listen holds our mirror-ip:1028 and, if configured, mirror-secondary-ip:1028. An address
 	// not yet configured on this host is retried until it can be bound.
 	Listen []netip.AddrPort
-	// Table is the standby's kernel table; it is called from one goroutine at a time.
+	// Table is the standby's kernel table; it is called from one goroutine at a time. When it
+	// implements BatchWriter, runs of upserts are applied with InjectBatch.
 	Table FlowWriter
+	// Snapshot, when set, calls fn for every entry of a mirror-enabled virtual in the
+	// standby's own kernel table (the same filter as the active's SenderConfig.Snapshot), one
+	// call at a time, and stops and returns fn's error (wrapped or not) when fn returns one. It
+	// must end soon after ctx does. It is called from a goroutine of its own, at most once per
+	// Digest frame and never twice at once, concurrently with Table's methods. With it the
+	// Receiver also notices entries that vanished from the kernel (expired, deleted by an
+	// operator), entries with another reply tuple, and entries it did not inject; see doc.go.
+	Snapshot func(ctx context.Context, fn func(Flow) error) error
 	// Logger receives the Receiver's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -31,15 +40,31 @@ type ReceiverStats struct {
 	Frames       uint64         // frames received, keepalives included
 	Upserts      uint64         // FlowUpsert frames received
 	Deletes      uint64         // FlowDelete frames received
-	Applied      uint64         // Inject and Delete calls that succeeded
-	InjectErrors uint64         // Inject calls that failed
-	DeleteErrors uint64         // Delete calls that failed (stream and stale deletes)
+	Applied      uint64         // flows written: Inject (or InjectBatch entries) and Delete calls that succeeded
+	InjectErrors uint64         // Inject calls (or InjectBatch entries) that failed
+	DeleteErrors uint64         // Delete calls that failed (stream, stale and stray deletes)
 	StaleDeleted uint64         // flows deleted at a SyncEnd because the sync did not carry them
 	Syncs        uint64         // full syncs completed (SyncEnd received)
 	Connected    bool           // a sender is connected now
 	PeerDevice   string         // the connected (or last) sender's device name
 	PeerAddr     netip.AddrPort // the connected (or last) sender's address
 	LastError    error          // the last connection or table error, nil if none yet
+
+	// Batching and lag.
+	Batches     uint64    // runs of upserts written: InjectBatch calls, or runs of Inject calls
+	Coalesced   uint64    // upserts not written because a later one of the same key was in the same run
+	LastApplied time.Time // when a table write last succeeded, zero if none yet
+
+	// Anti-entropy (see doc.go).
+	DigestsChecked   uint64    // Digest frames compared with the remembered set
+	DigestMismatches uint64    // digests that did not match; each is followed by a confirmation digest
+	KernelChecks     uint64    // checks of the kernel table (ReceiverConfig.Snapshot) completed
+	DriftDetected    uint64    // drift found: confirmed mismatches, and checks that found stray entries
+	ResyncsRequested uint64    // ResyncRequest frames sent to the peer
+	Repairs          uint64    // full syncs that answered a ResyncRequest, and checks that deleted stray entries
+	StrayDeleted     uint64    // kernel entries of mirrored virtuals that the Receiver did not inject, deleted
+	LastDrift        time.Time // when drift was last found, zero if never
+	LastDigestMatch  time.Time // when a digest last matched, zero if never
 }
 
 // Receiver accepts the active device's mirroring stream and writes it into the standby's table.
@@ -47,20 +72,33 @@ type ReceiverStats struct {
 // goroutine at any time. The set of keys it has injected lives in the Receiver, not in Run, so it
 // survives Run being stopped and started again.
 type Receiver struct {
-	cfg ReceiverConfig
-	log *slog.Logger
+	cfg   ReceiverConfig
+	batch BatchWriter // cfg.Table, if it is one
+	log   *slog.Logger
 
-	readTimeout, bindRetry time.Duration // tests shorten them
+	// Timing; tests shorten them.
+	readTimeout, bindRetry, writeTimeout time.Duration
+	resyncGapMin, resyncGapMax           time.Duration // see link.drift
 
-	// mu orders table writes with Forget, and guards held and epoch.
-	mu    sync.Mutex
-	held  map[packedKey]uint32 // injected keys -> the sync epoch they were last carried in
-	epoch uint32               // incremented by every SyncBegin
-	nheld atomic.Int64         // len(held), for Stats without mu
+	// mu orders table writes with Forget and the kernel check, and guards the fields below.
+	mu       sync.Mutex
+	held     heldSet                // injected keys
+	sum      uint64                 // the sum of held's hashes: with len(held), the remembered set's digest
+	epoch    uint32                 // incremented by every SyncBegin
+	gen      uint64                 // incremented by Forget, SyncBegin and SyncEnd: a kernel check spanning one is void
+	checkSeq uint32                 // the id of the last kernel check
+	touched  map[packedKey]struct{} // keys written since the running kernel check began; nil when none runs
+	nheld    atomic.Int64           // len(held), for Stats without mu
 
 	frames, upserts, deletes, applied, injectErrs, deleteErrs, stale, syncs atomic.Uint64
+	batches, coalesced                                                      atomic.Uint64
+	digests, mismatches, checks, drifts, resyncReqs, repairs, strays        atomic.Uint64
+	lastApplied, lastDrift, lastMatch                                       atomic.Int64 // unix nanoseconds
 
-	errLog logLimiter // used by the connection goroutine only
+	// Owned by the connection goroutine (Run serves one connection at a time).
+	errLog     logLimiter
+	resyncGap  time.Duration // the pause after the last ResyncRequest, doubled while drift persists
+	nextResync time.Time     // no ResyncRequest before then
 
 	infoMu     sync.Mutex // guards the fields below
 	connected  bool
@@ -70,18 +108,31 @@ type Receiver struct {
 	bound      []netip.AddrPort
 }
 
+// Bounds of the resync back-off: a drift that a full sync does not cure (a flow the standby's
+// kernel refuses, say) is reported at every digest, but asks for a full sync at most after
+// these pauses, doubling from the first to the second while the drift persists.
+const (
+	resyncGapMin = 30 * time.Second
+	resyncGapMax = 10 * time.Minute
+)
+
 // NewReceiver returns a Receiver for cfg. It does no I/O.
 func NewReceiver(cfg ReceiverConfig) *Receiver {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	bw, _ := cfg.Table.(BatchWriter)
 	return &Receiver{
-		cfg:         cfg,
-		log:         log.With("component", "mirror-receiver"),
-		readTimeout: readTimeout,
-		bindRetry:   bindRetry,
-		held:        make(map[packedKey]uint32),
+		cfg:          cfg,
+		batch:        bw,
+		log:          log.With("component", "mirror-receiver"),
+		readTimeout:  readTimeout,
+		bindRetry:    bindRetry,
+		writeTimeout: writeTimeout,
+		resyncGapMin: resyncGapMin,
+		resyncGapMax: resyncGapMax,
+		held:         newHeldSet(),
 	}
 }
 
@@ -94,8 +145,9 @@ func (r *Receiver) Flows() int { return int(r.nheld.Load()) }
 // concurrent use.
 func (r *Receiver) Forget() {
 	r.mu.Lock()
-	clear(r.held)
-	r.held = make(map[packedKey]uint32) // give a large map's memory back
+	r.held = newHeldSet() // give a large map's memory back
+	r.sum = 0
+	r.gen++
 	r.nheld.Store(0)
 	r.mu.Unlock()
 }
@@ -120,11 +172,33 @@ func (r *Receiver) Stats() ReceiverStats {
 		DeleteErrors: r.deleteErrs.Load(),
 		StaleDeleted: r.stale.Load(),
 		Syncs:        r.syncs.Load(),
+
+		Batches:   r.batches.Load(),
+		Coalesced: r.coalesced.Load(),
+
+		DigestsChecked:   r.digests.Load(),
+		DigestMismatches: r.mismatches.Load(),
+		KernelChecks:     r.checks.Load(),
+		DriftDetected:    r.drifts.Load(),
+		ResyncsRequested: r.resyncReqs.Load(),
+		Repairs:          r.repairs.Load(),
+		StrayDeleted:     r.strays.Load(),
 	}
+	st.LastApplied = unixTime(r.lastApplied.Load())
+	st.LastDrift = unixTime(r.lastDrift.Load())
+	st.LastDigestMatch = unixTime(r.lastMatch.Load())
 	r.infoMu.Lock()
 	st.Connected, st.PeerDevice, st.PeerAddr, st.LastError = r.connected, r.peerDevice, r.peerAddr, r.lastErr
 	r.infoMu.Unlock()
 	return st
+}
+
+// unixTime converts unix nanoseconds to a time, 0 to the zero time.
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 func (r *Receiver) setErr(err error) {
@@ -274,11 +348,34 @@ type syncState struct {
 	count  uint64 // upserts received since SyncBegin
 }
 
+// link is one connection's state, owned by its goroutine.
+type link struct {
+	r     *Receiver
+	c     net.Conn
+	rd    *deadlineReader
+	dec   *decoder
+	sync  syncState
+	batch upsertBatch
+
+	synced        bool                   // a full sync has ended on this connection
+	digestSuspect bool                   // the last digest did not match
+	digestAsked   bool                   // a DigestRequest is outstanding
+	repairPending bool                   // a ResyncRequest was sent: the next SyncEnd repairs
+	check         *kernelCheck           // the kernel check running, nil if none
+	suspects      map[packedKey]struct{} // missing or changed at the last kernel check
+}
+
 // stream reads frames and applies them; it returns nil at a clean end of stream.
 func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
-	dec := newDecoder(&deadlineReader{c: c, timeout: r.readTimeout}, bufSize)
+	l := &link{r: r, c: c, rd: &deadlineReader{c: c, timeout: r.readTimeout}}
+	l.dec = newDecoder(l.rd, bufSize)
+	l.batch.init()
+	defer l.stopCheck()
+	// Frames that arrived whole are applied even when the stream then fails.
+	defer l.flush()
+
 	var fr frame
-	if err := dec.next(&fr); err != nil {
+	if err := l.dec.next(&fr); err != nil {
 		return fmt.Errorf("read hello: %w", err)
 	}
 	if fr.typ != frameHello {
@@ -290,75 +387,207 @@ func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
 	r.log.Info("mirror peer connected", "peer", remote, "device", fr.hello.device,
 		"session", fmt.Sprintf("%016x", fr.hello.session))
 
-	var cur syncState
 	for {
-		if err := dec.next(&fr); err != nil {
+		if !l.dec.frameBuffered() {
+			// The next read may wait for the network: write the pending upserts first.
+			l.flush()
+		}
+		if err := l.pollCheck(); err != nil {
+			return err
+		}
+		if err := l.dec.next(&fr); err != nil {
+			if errors.Is(err, errWoken) {
+				continue // the kernel check is done
+			}
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
 			return err
 		}
 		r.frames.Add(1)
-		switch fr.typ {
-		case frameUpsert:
-			r.upserts.Add(1)
-			if cur.active {
-				cur.count++
-			}
-			r.inject(&fr.flow)
-		case frameDelete:
-			r.deletes.Add(1)
-			r.delete(&fr.flow)
-		case frameSyncBegin:
-			if cur.active {
-				r.log.Info("full sync restarted by the peer", "old_sync_id", cur.id, "sync_id", fr.syncID)
-			}
-			cur = syncState{active: true, id: fr.syncID}
-			r.mu.Lock()
-			r.epoch++
-			r.mu.Unlock()
-		case frameSyncEnd:
-			if !cur.active || fr.syncID != cur.id {
-				return fmt.Errorf("%w: sync-end %d without its sync-begin", ErrProtocol, fr.syncID)
-			}
-			if fr.count != cur.count {
-				// Frames were lost or invented: the sweep would be wrong. Drop the connection;
-				// the peer reconnects and syncs again.
-				return fmt.Errorf("%w: sync %d carried %d flows, sync-end says %d", ErrProtocol, cur.id, cur.count, fr.count)
-			}
-			cur.active = false
-			n := r.sweep()
-			r.syncs.Add(1)
-			r.log.Info("full sync received", "sync_id", fr.syncID, "flows", fr.count, "stale_deleted", n)
-		case frameKeepalive:
-		case frameHello:
-			return fmt.Errorf("%w: second hello", ErrProtocol)
+		if err := l.handle(&fr); err != nil {
+			return err
 		}
 	}
 }
 
-// inject applies a FlowUpsert. A failure is counted and logged and does not stop the stream.
-// A key already held stays held even when its update fails: the older entry is still in the
-// kernel, and still better than none at failover.
-func (r *Receiver) inject(f *Flow) {
-	fam, _ := flowFamily(f) // decoded flows are valid
-	k := packKey(f.Proto, fam, f.Orig)
-	r.mu.Lock()
-	err := r.cfg.Table.Inject(*f)
-	_, had := r.held[k]
-	if err == nil || had {
-		r.held[k] = r.epoch
-		if !had {
-			r.nheld.Add(1)
+// handle applies one frame after the Hello.
+func (l *link) handle(fr *frame) error {
+	r := l.r
+	switch fr.typ {
+	case frameUpsert:
+		r.upserts.Add(1)
+		if l.sync.active {
+			l.sync.count++
 		}
+		if l.batch.add(&fr.flow) {
+			r.coalesced.Add(1)
+		}
+		if l.batch.full() {
+			l.flush()
+		}
+		return nil
+	case frameKeepalive:
+		return nil // does not break a run of upserts
 	}
-	r.mu.Unlock()
-	if err != nil {
-		r.injectErrs.Add(1)
-		r.tableError("inject failed", f, err)
+	// Any other frame is ordered after the upserts before it.
+	l.flush()
+	switch fr.typ {
+	case frameDelete:
+		r.deletes.Add(1)
+		r.delete(&fr.flow)
+	case frameSyncBegin:
+		if l.sync.active {
+			r.log.Info("full sync restarted by the peer", "old_sync_id", l.sync.id, "sync_id", fr.syncID)
+		}
+		l.sync = syncState{active: true, id: fr.syncID}
+		r.mu.Lock()
+		r.epoch++
+		r.gen++
+		r.mu.Unlock()
+	case frameSyncEnd:
+		if !l.sync.active || fr.syncID != l.sync.id {
+			return fmt.Errorf("%w: sync-end %d without its sync-begin", ErrProtocol, fr.syncID)
+		}
+		if fr.count != l.sync.count {
+			// Frames were lost or invented: the sweep would be wrong. Drop the connection;
+			// the peer reconnects and syncs again.
+			return fmt.Errorf("%w: sync %d carried %d flows, sync-end says %d", ErrProtocol, l.sync.id, l.sync.count, fr.count)
+		}
+		l.sync.active = false
+		l.synced = true
+		n := r.sweep()
+		r.syncs.Add(1)
+		r.log.Info("full sync received", "sync_id", fr.syncID, "flows", fr.count, "stale_deleted", n)
+		if l.repairPending {
+			l.repairPending = false
+			r.repairs.Add(1)
+			r.log.Info("mirror drift repaired by a full sync", "sync_id", fr.syncID, "flows", fr.count, "stale_deleted", n)
+		}
+	case frameDigest:
+		return l.onDigest(fr.digest)
+	case frameHello:
+		return fmt.Errorf("%w: second hello", ErrProtocol)
+	default: // back-channel frames, which only a Receiver sends
+		return fmt.Errorf("%w: %v from the sender", ErrProtocol, fr.typ)
+	}
+	return nil
+}
+
+// flush writes the pending run of upserts.
+func (l *link) flush() { l.r.applyUpserts(&l.batch) }
+
+// upsertBatch is a run of consecutive upserts waiting to be written, one per key (the latest).
+type upsertBatch struct {
+	flows  []Flow
+	keys   []packedKey
+	hashes []uint64
+	errs   []error // scratch for a Table without InjectBatch
+	index  map[packedKey]int
+}
+
+// maxBatch bounds a run of upserts: enough to amortise a system call, little enough that a
+// batch is written within a millisecond or so.
+const maxBatch = 256
+
+func (b *upsertBatch) init() {
+	b.flows = make([]Flow, 0, maxBatch)
+	b.keys = make([]packedKey, 0, maxBatch)
+	b.hashes = make([]uint64, 0, maxBatch)
+	b.index = make(map[packedKey]int, maxBatch)
+}
+
+// add queues a decoded (so valid) flow; it reports whether it replaced a queued one.
+func (b *upsertBatch) add(f *Flow) (coalesced bool) {
+	fam, _ := flowFamily(f)
+	k := packKey(f.Proto, fam, f.Orig)
+	h := flowHash(&k, f.Reply)
+	if i, ok := b.index[k]; ok {
+		b.flows[i], b.hashes[i] = *f, h
+		return true
+	}
+	b.index[k] = len(b.flows)
+	b.flows = append(b.flows, *f)
+	b.keys = append(b.keys, k)
+	b.hashes = append(b.hashes, h)
+	return false
+}
+
+func (b *upsertBatch) full() bool { return len(b.flows) >= maxBatch }
+
+func (b *upsertBatch) reset() {
+	clear(b.flows) // drop address zone pointers
+	b.flows, b.keys, b.hashes = b.flows[:0], b.keys[:0], b.hashes[:0]
+	clear(b.index)
+}
+
+// applyUpserts writes a run of upserts, with InjectBatch when the table has it, and empties it.
+// A failure is counted and logged and does not stop the stream. A key already held stays held
+// even when its update fails: the older entry is still in the kernel, and still better than
+// none at failover.
+func (r *Receiver) applyUpserts(b *upsertBatch) {
+	n := len(b.flows)
+	if n == 0 {
 		return
 	}
-	r.applied.Add(1)
+	r.mu.Lock()
+	if r.touched != nil {
+		for i := range b.keys {
+			r.touched[b.keys[i]] = struct{}{}
+		}
+	}
+	var errs []error
+	if r.batch != nil {
+		errs = r.batch.InjectBatch(b.flows)
+	} else {
+		errs = b.errs[:0]
+		for i := range b.flows {
+			errs = append(errs, r.cfg.Table.Inject(b.flows[i]))
+		}
+		b.errs = errs
+	}
+	failed, added := 0, 0
+	for i := range b.keys {
+		var err error
+		if i < len(errs) {
+			err = errs[i]
+		}
+		k := &b.keys[i]
+		e, had := r.held.get(k)
+		if err != nil {
+			failed++
+			if !had {
+				continue
+			}
+		} else {
+			r.sum += b.hashes[i] - e.hash // e.hash is 0 when !had
+			e.hash = b.hashes[i]
+		}
+		e.epoch = r.epoch
+		r.held.set(k, e)
+		if !had {
+			added++
+		}
+	}
+	// The counters first: whoever sees Flows change sees them too.
+	r.batches.Add(1)
+	if failed < n {
+		r.applied.Add(uint64(n - failed))
+		r.lastApplied.Store(time.Now().UnixNano())
+	}
+	r.injectErrs.Add(uint64(failed))
+	r.nheld.Add(int64(added))
+	r.mu.Unlock()
+
+	if failed > 0 {
+		for i := range b.flows {
+			if i < len(errs) && errs[i] != nil {
+				r.tableError("inject failed", &b.flows[i], errs[i])
+			}
+		}
+	}
+	clear(b.errs)
+	b.reset()
 }
 
 // delete applies a FlowDelete.
@@ -366,32 +595,42 @@ func (r *Receiver) delete(f *Flow) {
 	fam, _ := family(f.Orig.Src, f.Orig.Dst)
 	k := packKey(f.Proto, fam, f.Orig)
 	r.mu.Lock()
+	if r.touched != nil {
+		r.touched[k] = struct{}{}
+	}
 	err := r.cfg.Table.Delete(*f)
-	if _, had := r.held[k]; had {
-		delete(r.held, k)
+	if err != nil {
+		r.deleteErrs.Add(1)
+	} else {
+		r.applied.Add(1)
+		r.lastApplied.Store(time.Now().UnixNano())
+	}
+	if e, had := r.held.remove(&k); had {
+		r.sum -= e.hash
 		r.nheld.Add(-1)
 	}
 	r.mu.Unlock()
 	if err != nil {
-		r.deleteErrs.Add(1)
 		r.tableError("delete failed", f, err)
-		return
 	}
-	r.applied.Add(1)
 }
 
 // sweep deletes the held flows that the sync just ended did not carry, and returns how many.
-// The table calls happen outside mu, so that a Forget at failover does not wait for them.
+// The table calls happen outside mu, so that a Forget at failover does not wait for them (a
+// kernel check spanning them is void: the SyncEnd changed gen).
 func (r *Receiver) sweep() int {
 	r.mu.Lock()
 	var stale []packedKey
-	for k, e := range r.held {
-		if e != r.epoch {
-			stale = append(stale, k)
-			delete(r.held, k)
+	r.held.each(func(k *packedKey, e heldEntry) bool {
+		if e.epoch == r.epoch {
+			return true
 		}
-	}
+		stale = append(stale, *k)
+		r.sum -= e.hash
+		return false
+	})
 	r.nheld.Add(-int64(len(stale)))
+	r.gen++
 	r.mu.Unlock()
 	for i := range stale {
 		f := stale[i].flow()
@@ -403,6 +642,319 @@ func (r *Receiver) sweep() int {
 		r.stale.Add(1)
 	}
 	return len(stale)
+}
+
+// send writes a back-channel frame. Only the connection's goroutine writes, and rarely.
+func (l *link) send(b []byte) error {
+	if err := l.c.SetWriteDeadline(time.Now().Add(l.r.writeTimeout)); err != nil {
+		return err
+	}
+	if _, err := l.c.Write(b); err != nil {
+		return fmt.Errorf("send to the peer: %w", err)
+	}
+	return nil
+}
+
+// askDigest asks the peer for an early digest, to confirm or clear a suspected drift.
+func (l *link) askDigest() error {
+	if l.digestAsked {
+		return nil
+	}
+	var buf [backFrameSize]byte
+	if err := l.send(appendDigestRequest(buf[:0])); err != nil {
+		return err
+	}
+	l.digestAsked = true
+	return nil
+}
+
+// onDigest compares the peer's digest with the remembered set, as of the same point in the
+// stream, and starts a kernel check if the Receiver has a Snapshot.
+func (l *link) onDigest(m digestMsg) error {
+	r := l.r
+	if !l.synced || l.sync.active {
+		return fmt.Errorf("%w: digest %d outside a synced stream", ErrProtocol, m.id)
+	}
+	r.digests.Add(1)
+	l.digestAsked = false
+	r.mu.Lock()
+	have := digest{count: uint64(r.held.len()), sum: r.sum}
+	r.mu.Unlock()
+	switch {
+	case have == m.d:
+		r.lastMatch.Store(time.Now().UnixNano())
+		l.digestSuspect = false
+		if len(l.suspects) == 0 {
+			r.resyncGap = 0 // the last repair, if any, worked
+		}
+	case !l.digestSuspect:
+		// Maybe a change raced the active's dump (see Sender.sendDigest): confirm first.
+		r.mismatches.Add(1)
+		l.digestSuspect = true
+		r.log.Info("mirror digest mismatch: asking for a confirmation", "digest_id", m.id,
+			"active_flows", m.d.count, "held_flows", have.count)
+		if err := l.askDigest(); err != nil {
+			return err
+		}
+	default:
+		l.digestSuspect = false
+		if err := l.drift(reasonDigest, "digest_id", m.id, "active_flows", m.d.count, "held_flows", have.count); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Snapshot != nil && l.check == nil {
+		l.startCheck()
+	}
+	return nil
+}
+
+// drift counts and logs a confirmed drift and asks the peer for a full sync, unless the last
+// request was too recent: a full sync that did not cure the drift is not repeated at every
+// digest, but after a pause that doubles each time (resyncGapMin to resyncGapMax) until a clean
+// check resets it.
+func (l *link) drift(reason resyncReason, attrs ...any) error {
+	r := l.r
+	now := time.Now()
+	r.drifts.Add(1)
+	r.lastDrift.Store(now.UnixNano())
+	attrs = append(attrs, "reason", reason.String())
+	if now.Before(r.nextResync) {
+		r.log.Warn("mirror drift persists after a full sync; the next resync request waits",
+			append(attrs, "until", r.nextResync.Format(time.RFC3339))...)
+		return nil
+	}
+	r.log.Warn("mirror drift detected: asking the peer for a full sync", attrs...)
+	var buf [backFrameSize]byte
+	if err := l.send(appendResyncRequest(buf[:0], reason)); err != nil {
+		return err
+	}
+	r.resyncReqs.Add(1)
+	l.repairPending = true
+	r.resyncGap = min(max(2*r.resyncGap, r.resyncGapMin), r.resyncGapMax)
+	r.nextResync = now.Add(r.resyncGap)
+	return nil
+}
+
+// kernelCheck is a comparison of the standby's kernel table (ReceiverConfig.Snapshot) with the
+// remembered set, running in a goroutine of its own while the stream goes on.
+//
+// A flow the stream writes while the dump runs may be seen before or after the write, so the
+// check ignores every key written since it began (touched): the write made the kernel right
+// for that key anyway, or the stream's own counters tell of its failure. Of the other keys it
+// finds those in the kernel but not held (stray: injected by no one the active knows of; it
+// deletes them), those held with another reply tuple (changed) and, at the end, those held
+// but not dumped (missing). A key missing or changed at two checks running is drift, and
+// needs a full sync: only the active has the flow's data. A single sighting may be a race
+// with an expiry that the active has not yet reported, so it only asks for an early digest,
+// and with it an early second check.
+type kernelCheck struct {
+	id     uint32
+	gen    uint64
+	cancel context.CancelFunc
+	done   chan checkResult // capacity 1
+}
+
+type checkResult struct {
+	err            error
+	dumped         int
+	extra          []Flow      // kernel entries not held, at most maxReport
+	changed        []packedKey // at most maxReport
+	nextra, nchang int
+}
+
+// maxReport bounds the keys a check keeps of each kind; the rest are counted, and found again
+// by the next check.
+const maxReport = 4096
+
+func (l *link) startCheck() {
+	r := l.r
+	ctx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
+	r.checkSeq++
+	if r.checkSeq == 0 { // a held entry that no check has seen has seen 0
+		r.checkSeq++
+	}
+	kc := &kernelCheck{id: r.checkSeq, gen: r.gen, cancel: cancel, done: make(chan checkResult, 1)}
+	r.touched = make(map[packedKey]struct{})
+	r.mu.Unlock()
+	rd := l.rd
+	go func() {
+		kc.done <- r.runCheck(ctx, kc.id)
+		rd.wake() // the stream goroutine may be waiting for the next frame
+	}()
+	l.check = kc
+}
+
+// runCheck dumps the kernel table and compares it with held, a few hundred flows per lock.
+func (r *Receiver) runCheck(ctx context.Context, id uint32) checkResult {
+	var res checkResult
+	type dumped struct {
+		key  packedKey
+		hash uint64
+		i    int
+	}
+	flows := make([]Flow, 0, maxBatch)
+	batch := make([]dumped, 0, maxBatch)
+	compare := func() {
+		batch = batch[:0]
+		for i := range flows {
+			f := &flows[i]
+			fam, err := flowFamily(f)
+			if err != nil {
+				continue // nothing the Receiver could have injected
+			}
+			k := packKey(f.Proto, fam, f.Orig)
+			batch = append(batch, dumped{key: k, hash: flowHash(&k, f.Reply), i: i})
+		}
+		r.mu.Lock()
+		for _, d := range batch {
+			if _, ok := r.touched[d.key]; ok {
+				continue
+			}
+			e, ok := r.held.get(&d.key)
+			if !ok {
+				if res.nextra++; len(res.extra) < maxReport {
+					res.extra = append(res.extra, flows[d.i])
+				}
+				continue
+			}
+			e.seen = id
+			r.held.set(&d.key, e)
+			if e.hash != d.hash {
+				if res.nchang++; len(res.changed) < maxReport {
+					res.changed = append(res.changed, d.key)
+				}
+			}
+		}
+		r.mu.Unlock()
+		res.dumped += len(flows)
+		clear(flows)
+		flows = flows[:0]
+	}
+	res.err = r.cfg.Snapshot(ctx, func(f Flow) error {
+		flows = append(flows, f)
+		if len(flows) == maxBatch {
+			compare()
+		}
+		return ctx.Err()
+	})
+	if res.err == nil {
+		res.err = ctx.Err()
+	}
+	compare()
+	return res
+}
+
+// pollCheck finishes the kernel check if its dump is done.
+func (l *link) pollCheck() error {
+	if l.check == nil {
+		return nil
+	}
+	select {
+	case res := <-l.check.done:
+		return l.finishCheck(res)
+	default:
+		return nil
+	}
+}
+
+// stopCheck cancels the kernel check, if any, and waits for it.
+func (l *link) stopCheck() {
+	if l.check == nil {
+		return
+	}
+	l.check.cancel()
+	<-l.check.done
+	l.check = nil
+	l.r.mu.Lock()
+	l.r.touched = nil
+	l.r.mu.Unlock()
+}
+
+// finishCheck completes a kernel check whose dump is done: it finds the missing keys, deletes
+// the stray entries, and reports drift.
+func (l *link) finishCheck(res checkResult) error {
+	r, kc := l.r, l.check
+	l.check = nil
+	kc.cancel()
+	var (
+		missing         []packedKey
+		nmissing, stray int
+	)
+	r.mu.Lock()
+	void := res.err != nil || r.gen != kc.gen
+	if !void {
+		r.held.each(func(k *packedKey, e heldEntry) bool {
+			if e.seen == kc.id {
+				return true
+			}
+			if _, ok := r.touched[*k]; ok {
+				return true
+			}
+			if nmissing++; len(missing) < maxReport {
+				missing = append(missing, *k)
+			}
+			return true
+		})
+		for i := range res.extra {
+			f := &res.extra[i]
+			fam, _ := flowFamily(f)
+			k := packKey(f.Proto, fam, f.Orig)
+			if _, ok := r.held.get(&k); ok {
+				continue
+			}
+			if _, ok := r.touched[k]; ok {
+				continue
+			}
+			if err := r.cfg.Table.Delete(*f); err != nil {
+				r.deleteErrs.Add(1)
+				r.tableError("stray delete failed", f, err)
+				continue
+			}
+			stray++
+		}
+	}
+	r.touched = nil
+	r.mu.Unlock()
+	switch {
+	case res.err != nil:
+		r.log.Warn("kernel table check failed", slog.Any("err", res.err))
+		return nil
+	case void:
+		r.log.Debug("kernel table check void: a sync or a Forget came in between")
+		return nil
+	}
+	r.checks.Add(1)
+
+	prev := l.suspects
+	l.suspects = make(map[packedKey]struct{}, len(missing)+len(res.changed))
+	confirmed := 0
+	for _, ks := range [][]packedKey{missing, res.changed} {
+		for _, k := range ks {
+			l.suspects[k] = struct{}{}
+			if _, ok := prev[k]; ok {
+				confirmed++
+			}
+		}
+	}
+	attrs := []any{"dumped", res.dumped, "missing", nmissing, "changed", res.nchang, "stray", res.nextra}
+	if stray > 0 {
+		r.drifts.Add(1)
+		r.lastDrift.Store(time.Now().UnixNano())
+		r.strays.Add(uint64(stray))
+		r.repairs.Add(1)
+		r.log.Warn("mirror drift: deleted kernel entries that the active does not have", append(attrs, "deleted", stray)...)
+	}
+	switch {
+	case confirmed > 0:
+		return l.drift(reasonTable, append(attrs, "confirmed", confirmed)...)
+	case len(l.suspects) > 0:
+		r.log.Info("kernel table differs from the mirrored set: confirming", attrs...)
+		return l.askDigest()
+	case stray == 0 && !l.digestSuspect:
+		r.resyncGap = 0
+	}
+	return nil
 }
 
 // tableError logs a failed table write with its flow, at most logBurst times a second: a

@@ -24,7 +24,8 @@ type SenderConfig struct {
 	Peers []netip.AddrPort
 	// Snapshot calls fn for every flow to mirror (the daemon has already filtered them), one call
 	// at a time, and stops and returns fn's error (wrapped or not) when fn returns one. It is
-	// called from the Sender's goroutine, once per full sync; it must not call Sender methods
+	// called from the Sender's goroutine, once per full sync and once per digest (see
+	// DigestInterval), never twice at once; it must not call Sender methods
 	// other than Upsert, Delete, Resync and Stats, and must not stall for longer than a few
 	// seconds between flows (the peer drops a silent connection).
 	Snapshot func(ctx context.Context, fn func(Flow) error) error
@@ -36,7 +37,15 @@ type SenderConfig struct {
 	// MaxQueue is the number of distinct pending flows beyond which the queue overflows: it is
 	// dropped and a full sync is forced (default 1<<20).
 	MaxQueue int
+	// DigestInterval is the pause between two anti-entropy digests on a connection (see
+	// doc.go): each costs one Snapshot, and the Sender keeps 16 bytes per flow for them. Zero
+	// means the default, 10s; a negative value sends no digests. The peer asks for a digest
+	// early when the last one did not match, whatever the interval (but not when disabled).
+	DigestInterval time.Duration
 }
+
+// DefaultDigestInterval is SenderConfig.DigestInterval's default.
+const DefaultDigestInterval = 10 * time.Second
 
 // SenderStats is a snapshot of a Sender's counters.
 type SenderStats struct {
@@ -49,6 +58,11 @@ type SenderStats struct {
 	Invalid     uint64         // flows that could not be mirrored (invalid or mixed-family addresses)
 	QueueLen    int            // distinct flows waiting to be sent
 	LastError   error          // the last connection error, nil if none yet
+
+	DigestsSent      uint64    // Digest frames written
+	DigestRequests   uint64    // early digests the peer asked for (after a mismatch)
+	ResyncsRequested uint64    // full syncs the peer asked for (it found drift); each was sent
+	LastDigest       time.Time // when the last Digest was written, zero if none yet
 }
 
 // Sender streams the active device's flows to its peer. Create it with NewSender and start Run
@@ -62,11 +76,21 @@ type Sender struct {
 
 	// Timing; tests shorten them.
 	keepalive, writeTimeout time.Duration
+	digestSettle            time.Duration // see sendDigest
 
-	resync atomic.Bool // a full sync is due on the current connection
-	syncID uint32      // owned by Run's goroutine
+	resync    atomic.Bool // a full sync is due on the current connection
+	digestReq atomic.Bool // the peer asked for an early digest
+	syncID    uint32      // owned by Run's goroutine
+
+	// Owned by Run's goroutine: the digest's working memory, kept between digests.
+	digestID uint32                  // per connection
+	dumped   []dumpedFlow            // the flows of the digest's snapshot
+	window   map[uint64]windowChange // keyHash -> the last change sent since the snapshot began
+
+	lastDigest atomic.Int64 // unix nanoseconds of the last Digest, 0 if none
 
 	flowsSent, deletesSent, syncs, overflows, invalid atomic.Uint64
+	digestsSent, digestRequests, resyncsRequested     atomic.Uint64
 
 	mu        sync.Mutex // guards the fields below
 	connected bool
@@ -85,6 +109,9 @@ func NewSender(cfg SenderConfig) *Sender {
 	if cfg.MaxQueue <= 0 {
 		cfg.MaxQueue = 1 << 20
 	}
+	if cfg.DigestInterval == 0 {
+		cfg.DigestInterval = DefaultDigestInterval
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -96,6 +123,8 @@ func NewSender(cfg SenderConfig) *Sender {
 		session:      rand.Uint64(),
 		keepalive:    keepaliveInterval,
 		writeTimeout: writeTimeout,
+		digestSettle: digestSettle,
+		window:       make(map[uint64]windowChange),
 	}
 }
 
@@ -155,6 +184,13 @@ func (s *Sender) Stats() SenderStats {
 		Overflows:   s.overflows.Load(),
 		Invalid:     s.invalid.Load(),
 		QueueLen:    s.q.len(),
+
+		DigestsSent:      s.digestsSent.Load(),
+		DigestRequests:   s.digestRequests.Load(),
+		ResyncsRequested: s.resyncsRequested.Load(),
+	}
+	if t := s.lastDigest.Load(); t != 0 {
+		st.LastDigest = time.Unix(0, t)
 	}
 	s.mu.Lock()
 	st.Connected, st.Peer, st.LastError = s.connected, s.peer, s.lastErr
@@ -246,19 +282,11 @@ func (s *Sender) serve(ctx context.Context, conn net.Conn) error {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	// The peer never sends anything: a read returns only when the peer closes the connection or
-	// it fails, and that should stop us at once rather than at the next failed write.
+	// The back channel: the peer sends only ResyncRequest and DigestRequest frames, rarely. A
+	// read also returns when the peer closes the connection or it fails, and that should stop
+	// us at once rather than at the next failed write.
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		var b [1]byte
-		_, err := conn.Read(b[:])
-		if err == nil {
-			err = fmt.Errorf("%w: peer sent data", ErrProtocol)
-		} else if errors.Is(err, io.EOF) {
-			err = errors.New("peer closed the connection")
-		}
-		cancel(err)
-	})
+	wg.Go(func() { cancel(s.readBack(conn)) })
 
 	enc := &encoder{w: bufio.NewWriterSize(&deadlineWriter{c: conn, timeout: s.writeTimeout}, bufSize)}
 	err := s.stream(ctx, enc)
@@ -271,14 +299,55 @@ func (s *Sender) serve(ctx context.Context, conn net.Conn) error {
 	return err
 }
 
-// stream sends the Hello and a full sync, then the queue, until an error.
+// readBack reads the peer's back-channel frames until the connection fails or closes, and
+// returns why it stopped.
+func (s *Sender) readBack(conn net.Conn) error {
+	dec := newDecoder(conn, 0)
+	var fr frame
+	for {
+		if err := dec.next(&fr); err != nil {
+			if errors.Is(err, io.EOF) {
+				return errors.New("peer closed the connection")
+			}
+			return err
+		}
+		switch fr.typ {
+		case frameResyncRequest:
+			s.resyncsRequested.Add(1)
+			s.log.Warn("peer found drift and asks for a full sync", "reason", fr.reason.String())
+			s.Resync()
+		case frameDigestRequest:
+			s.digestRequests.Add(1)
+			s.log.Debug("peer asks for an early digest")
+			s.digestReq.Store(true)
+			select {
+			case s.q.wake <- struct{}{}:
+			default:
+			}
+		default:
+			return fmt.Errorf("%w: peer sent %v", ErrProtocol, fr.typ)
+		}
+	}
+}
+
+// stream sends the Hello and a full sync, then the queue and, every DigestInterval, a digest,
+// until an error.
 func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 	if err := enc.hello(hello{version: protocolVersion, session: s.session, device: s.cfg.Device}); err != nil {
 		return fmt.Errorf("send hello: %w", err)
 	}
 	ticker := time.NewTicker(s.keepalive)
 	defer ticker.Stop()
-	synced := false
+	var digestC <-chan time.Time // nil (never ready) when digests are off
+	var digestTimer *time.Timer
+	if s.cfg.DigestInterval > 0 {
+		digestTimer = time.NewTimer(s.cfg.DigestInterval)
+		defer digestTimer.Stop()
+		digestC = digestTimer.C
+	}
+	s.digestID = 0
+	s.digestReq.Store(false) // a request from an earlier connection is moot: this one syncs
+	synced, digestDue := false, false
 	for {
 		if !synced || s.resync.Load() {
 			err := s.fullSync(ctx, enc)
@@ -290,6 +359,23 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			}
 			synced = true
 		}
+		// A busy queue must not starve the digest, so look at its timer on every round.
+		select {
+		case <-digestC:
+			digestDue = true
+		default:
+		}
+		if digestTimer != nil && (digestDue || s.digestReq.Load()) {
+			digestDue = false
+			s.digestReq.Store(false)
+			err := s.sendDigest(ctx, enc)
+			if err != nil && !errors.Is(err, errRestartSync) {
+				return err
+			}
+			// After a digest, or a full sync that interrupted one: the next after an interval.
+			digestTimer.Reset(s.cfg.DigestInterval)
+			continue
+		}
 		b := s.q.take()
 		if len(b.items) == 0 {
 			// The queue ran empty: put what is buffered on the wire, then wait.
@@ -300,6 +386,8 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			case <-s.q.wake:
+			case <-digestC:
+				digestDue = true
 			case <-ticker.C:
 				if err := enc.keepalive(); err != nil {
 					return fmt.Errorf("send keepalive: %w", err)
@@ -400,5 +488,147 @@ func (s *Sender) fullSync(ctx context.Context, enc *encoder) error {
 	}
 	s.syncs.Add(1)
 	s.log.Info("full sync sent", "sync_id", id, "flows", count, "duration", time.Since(start))
+	return nil
+}
+
+// digestSettle is how long the Sender waits between the end of a digest's snapshot and taking
+// the queue for the last time: the conntrack event of a change that the dump already saw should
+// be queued by then (events trail the kernel's change by microseconds; see doc.go).
+const digestSettle = 20 * time.Millisecond
+
+// dumpedFlow is one flow of a digest's snapshot: 16 bytes, no pointers.
+type dumpedFlow struct {
+	key  uint64 // keyHash
+	hash uint64 // flowHash
+}
+
+// windowChange is the last change to a key sent while a digest is being computed.
+type windowChange struct {
+	upsert bool
+	hash   uint64 // flowHash of the upsert
+}
+
+// sendDigest computes the digest of the active's flows as of a point in the stream and writes
+// it there, so that the Receiver can compare it exactly with the set it holds at that point.
+//
+// A snapshot is not atomic: while it runs, the kernel keeps changing and the changes keep being
+// queued. The dump may show a changed key before or after its change; the stream carries the
+// change either way. So the Sender keeps sending the queue during the snapshot, remembers the
+// last change it sent for every key meanwhile (the window), and, once the snapshot is done and
+// the queue sent for a last time, sums the dumped flows whose keys did not change in the window
+// plus the window's upserts: the state of every key as of the last change written before the
+// Digest frame, which is what the Receiver holds when it reads the frame. A key that changed
+// just before the dump saw it, but whose event reaches the queue later than digestSettle after
+// the dump ended, still makes a false mismatch; the Receiver asks for a confirmation digest
+// before it acts.
+//
+// It returns errRestartSync, having sent no digest, when a full sync becomes due meanwhile.
+func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
+	start := time.Now()
+	dumped := s.dumped[:0]
+	clear(s.window)
+	sendQueue := func() error {
+		b := s.q.take()
+		if len(b.items) == 0 {
+			return nil
+		}
+		for i := range b.items {
+			c := &b.items[i]
+			wc := windowChange{upsert: c.op == opUpsert}
+			if wc.upsert {
+				wc.hash = flowHash(&c.key, c.flow.Reply)
+			}
+			s.window[keyHash(&c.key)] = wc
+		}
+		err := s.sendBatch(enc, b.items)
+		s.q.release(b)
+		if err != nil {
+			return err
+		}
+		return enc.flush()
+	}
+	// As in a full sync: keep the stream alive during a long snapshot.
+	var due atomic.Bool
+	tm := time.AfterFunc(s.keepalive, func() { due.Store(true) })
+	defer tm.Stop()
+
+	restarted := false
+	n := 0
+	err := s.cfg.Snapshot(ctx, func(f Flow) error {
+		if s.resync.Load() {
+			restarted = true
+			return errRestartSync
+		}
+		// Send what was queued meanwhile, so that mirroring lags no more than usual.
+		if n++; n%1024 == 0 && s.q.len() > 0 {
+			if err := sendQueue(); err != nil {
+				return err
+			}
+		}
+		if due.Load() {
+			due.Store(false)
+			if err := enc.keepalive(); err != nil {
+				return err
+			}
+			if err := enc.flush(); err != nil {
+				return err
+			}
+			tm.Reset(s.keepalive)
+		}
+		fam, err := flowFamily(&f)
+		if err != nil {
+			return nil // never mirrored (a full sync counts it as invalid)
+		}
+		k := packKey(f.Proto, fam, f.Orig)
+		dumped = append(dumped, dumpedFlow{key: keyHash(&k), hash: flowHash(&k, f.Reply)})
+		return nil
+	})
+	// Keep the buffer for the next digest, unless a past peak left it far larger than needed.
+	if cap(dumped) > 4*len(dumped)+1<<16 {
+		s.dumped = nil
+	} else {
+		s.dumped = dumped
+	}
+	if restarted || errors.Is(err, errRestartSync) {
+		s.log.Debug("digest abandoned for a full sync")
+		return errRestartSync
+	}
+	if err != nil {
+		return fmt.Errorf("digest: %w", err)
+	}
+	if !sleepCtx(ctx, s.digestSettle) {
+		return context.Cause(ctx)
+	}
+	if s.resync.Load() {
+		return errRestartSync
+	}
+	if err := sendQueue(); err != nil {
+		return err
+	}
+	var d digest
+	for _, df := range dumped {
+		if _, changed := s.window[df.key]; !changed {
+			d.add(df.hash)
+		}
+	}
+	for _, wc := range s.window {
+		if wc.upsert {
+			d.add(wc.hash)
+		}
+	}
+	s.digestID++
+	if err := enc.digest(digestMsg{id: s.digestID, d: d}); err != nil {
+		return fmt.Errorf("send digest: %w", err)
+	}
+	if err := enc.flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	s.digestsSent.Add(1)
+	s.lastDigest.Store(time.Now().UnixNano())
+	s.log.Debug("digest sent", "digest_id", s.digestID, "flows", d.count, "changed_meanwhile", len(s.window),
+		"duration", time.Since(start))
+	if len(s.window) > 1<<16 {
+		s.window = make(map[uint64]windowChange) // give a burst's memory back
+	}
 	return nil
 }

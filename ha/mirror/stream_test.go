@@ -272,7 +272,8 @@ func TestCoalescing(t *testing.T) {
 	r := newTestReceiver(t, table, addr)
 	startReceiver(t, r)
 	waitConverged(t, tr, table, r)
-	waitFor(t, testTimeout, func() bool { return s.Stats().QueueLen == 0 && r.Stats().Upserts == s.Stats().FlowsSent },
+	// Applied, not Upserts: a received upsert is written with the run it belongs to.
+	waitFor(t, testTimeout, func() bool { return s.Stats().QueueLen == 0 && r.Stats().Applied == s.Stats().FlowsSent },
 		func() string { return fmt.Sprintf("sender %+v, receiver %+v", s.Stats(), r.Stats()) })
 	if got := table.snapshot()[f.Key()].Timeout; got != 999 {
 		t.Errorf("timeout %d, want the latest, 999", got)
@@ -537,6 +538,10 @@ func TestReceiverRejectsBadStreams(t *testing.T) {
 		{name: "sync-end with another id", frames: []frame{helloFrame("a"), {typ: frameSyncBegin, syncID: 1}, {typ: frameSyncEnd, syncID: 2}}, want: ErrProtocol},
 		{name: "sync-end with a wrong count", frames: []frame{helloFrame("a"), {typ: frameSyncBegin, syncID: 1},
 			{typ: frameUpsert, flow: testFlow(2)}, {typ: frameSyncEnd, syncID: 1, count: 5}}, want: ErrProtocol},
+		{name: "digest before any sync", frames: []frame{helloFrame("a"), {typ: frameDigest, digest: digestMsg{id: 1}}}, want: ErrProtocol},
+		{name: "digest during a sync", frames: []frame{helloFrame("a"), {typ: frameSyncBegin, syncID: 1}, held,
+			{typ: frameUpsert, flow: testFlow(2)}, {typ: frameSyncEnd, syncID: 1, count: 2}, {typ: frameSyncBegin, syncID: 2}, {typ: frameDigest, digest: digestMsg{id: 1}}}, want: ErrProtocol},
+		{name: "back-channel frame from the sender", frames: []frame{helloFrame("a"), {typ: frameResyncRequest, reason: reasonDigest}}, want: ErrProtocol},
 		{name: "future version", raw: func() []byte {
 			b := mustAppend(t, &frame{typ: frameHello, hello: hello{version: protocolVersion}})
 			b[7] = 9

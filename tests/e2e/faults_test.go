@@ -138,7 +138,7 @@ func (l *lab) blockMirror(d *labnet.Device, block bool) {
 func TestFaultChannels(t *testing.T) {
 	l := newLab(t)
 	// A tiny event buffer on lb1 (the first Active) makes bursts overrun its socket.
-	l.Device("lb1").Args = []string{"--event-buffer", "1", "--metrics", "192.168.77.2:9410"}
+	l.Device("lb1").Args = []string{"--event-buffer", "1", "--metrics", "192.168.77.2:9410", "--digest-interval", "500ms"}
 	l.setupFaults()
 	echo := l.startEcho()
 	defer echo.Close()
@@ -185,6 +185,18 @@ func TestFaultChannels(t *testing.T) {
 	l.waitState(standby, "STANDBY", 15*time.Second)
 	l.waitTablesEqual(active, standby, flowCount+20)
 	t.Logf("standby restarted: tables equal again")
+
+	// Anti-entropy: the standby's mirrored entries are deleted behind its daemon's back; the
+	// next digests show the drift and a full sync repairs it.
+	if out, err := exec.Command("ip", "netns", "exec", standby.NS, "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "3306").CombinedOutput(); err != nil {
+		t.Fatalf("conntrack -D on %s: %v: %s", standby.Name, err, out)
+	}
+	l.waitTablesEqual(active, standby, flowCount+20)
+	if n := l.mirrorFigure(standby, "Drift Repaired"); n < 1 {
+		t.Errorf("%s repaired %d drifts after its entries were deleted behind its back", standby.Name, n)
+	} else {
+		t.Logf("entries deleted behind the standby's back: drift detected and repaired (%d), tables equal again", n)
+	}
 
 	// The active's daemon is killed and restarted while its kernel keeps forwarding (links
 	// up): the pair settles on one Active, the connections carry on, the tables converge.

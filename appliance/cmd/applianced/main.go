@@ -41,6 +41,7 @@ func run() error {
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this management address:port (such as 192.0.2.5:9410); empty: off")
 	eventBuffer := flag.Int("event-buffer", 0, "conntrack event socket receive buffer in bytes (0: 32 MiB)")
+	digestInterval := flag.Duration("digest-interval", 0, "how often the active sends the standby a digest of the mirrored table to check (0: 10s; negative: never)")
 	flag.Parse()
 
 	if *check {
@@ -63,7 +64,7 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})).With("device", *name)
 
-	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer})
+	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, DigestInterval: *digestInterval})
 	if err != nil {
 		return err
 	}

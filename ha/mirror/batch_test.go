@@ -1,0 +1,101 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+)
+
+// TestBatchInjection: consecutive upserts reach a BatchWriter in runs of at most maxBatch,
+// one per key (the latest), and a delete or a sync frame cuts a run, so that the table sees
+// the stream's order.
+func TestBatchInjection(t *testing.T) {
+	checkGoroutines(t)
+	table := newBatchTable()
+	table.log = true
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	c := dialRaw(t, r.Addrs()[0])
+
+	at := func(i int, timeout uint32) frame {
+		f := testFlow(i)
+		f.Timeout = timeout
+		return frame{typ: frameUpsert, flow: f}
+	}
+	del := func(i int) frame {
+		f := testFlow(i)
+		return frame{typ: frameDelete, flow: Flow{Proto: f.Proto, Orig: f.Orig}}
+	}
+	// One write, so that the Receiver finds every frame buffered.
+	c.send(helloFrame("a"), at(1, 1), at(2, 1), at(1, 2), frame{typ: frameKeepalive}, del(2), at(2, 3), at(3, 1))
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 5 && r.Flows() == 3 },
+		func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	want := []string{
+		fmt.Sprintf("upsert %v/2", testFlow(1).Orig.Src), // the second upsert of 1 replaced the first
+		fmt.Sprintf("upsert %v/1", testFlow(2).Orig.Src),
+		fmt.Sprintf("delete %v", testFlow(2).Orig.Src),
+		fmt.Sprintf("upsert %v/3", testFlow(2).Orig.Src),
+		fmt.Sprintf("upsert %v/1", testFlow(3).Orig.Src),
+	}
+	if got := table.callLog(); !slices.Equal(got, want) {
+		t.Errorf("table calls\n%q\nwant\n%q", got, want)
+	}
+	if got := table.batchSizes(); !slices.Equal(got, []int{2, 2}) {
+		t.Errorf("batches %v, want [2 2]", got)
+	}
+	if st := r.Stats(); st.Coalesced != 1 || st.Batches != 2 || st.Applied != 5 || st.LastApplied.IsZero() {
+		t.Errorf("receiver stats %+v: want 1 coalesced, 2 batches, 5 applied", st)
+	}
+
+	// A long run is cut at maxBatch.
+	var frames []frame
+	for i := range 1000 {
+		frames = append(frames, at(100+i, 1))
+	}
+	c.send(frames...)
+	waitFor(t, testTimeout, func() bool { return r.Flows() == 1003 }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	sizes := table.batchSizes()[2:]
+	total := 0
+	for _, n := range sizes {
+		total += n
+		if n > maxBatch {
+			t.Errorf("a batch of %d", n)
+		}
+	}
+	if total != 1000 || !slices.Contains(sizes, maxBatch) {
+		t.Errorf("batches %v: want 1000 flows in batches of at most %d, one full", sizes, maxBatch)
+	}
+}
+
+// TestBatchInjectErrors: InjectBatch's errors count per flow; a flow that failed is not held.
+func TestBatchInjectErrors(t *testing.T) {
+	checkGoroutines(t)
+	table := newBatchTable()
+	errNope := errors.New("nope")
+	table.fail = func(f Flow) error {
+		if f.Timeout%10 == 3 {
+			return errNope
+		}
+		return nil
+	}
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 1000)...)
+	s := newTestSender(t, tr, r.Addrs()...)
+	goRun(t, s.Run)
+	waitFor(t, testTimeout, func() bool { return r.Stats().Syncs == 1 }, func() string { return "no sync" })
+	want := tr.get()
+	for k, f := range want {
+		if f.Timeout%10 == 3 {
+			delete(want, k)
+		}
+	}
+	if diff := flowsDiff(want, table.snapshot()); diff != "" {
+		t.Errorf("table (-want +got):\n%s", diff)
+	}
+	st := r.Stats()
+	if st.InjectErrors != 100 || st.Applied != 900 || st.Flows != 900 || !errors.Is(st.LastError, errNope) || st.Batches == 0 {
+		t.Errorf("receiver stats %+v: want 100 inject errors, 900 applied and held, last error nope", st)
+	}
+}
