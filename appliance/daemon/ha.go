@@ -297,6 +297,17 @@ type flowWriter struct{ d *Daemon }
 func (w flowWriter) Inject(f mirror.Flow) error { return w.d.injTable.Inject(w.d.standbyFlow(f)) }
 func (w flowWriter) Delete(f mirror.Flow) error { return w.d.injTable.Delete(toKernel(f)) }
 
+// InjectBatch applies many mirrored flows in few netlink round trips (a full sync).
+func (w flowWriter) InjectBatch(flows []mirror.Flow) []error {
+	k := make([]conntrack.Flow, len(flows))
+	for i, f := range flows {
+		k[i] = w.d.standbyFlow(f)
+	}
+	return w.d.injTable.InjectBatch(k)
+}
+
+var _ mirror.BatchWriter = flowWriter{}
+
 // standbyFlow is the entry the standby's kernel holds for a mirrored flow. Its timer gets
 // the state's full timeout: the active's timer is refreshed by every packet but sends no
 // event for it, so the time it had left when the entry was mirrored (capped at 300 s while

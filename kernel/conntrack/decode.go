@@ -88,7 +88,9 @@ func (a *attrs) next() bool {
 	return true
 }
 
-func (a *attrs) kind() uint16   { return a.typ & nlaTypeMask }
+// kind is the attribute's type without its flag bits, as a byte: the kernel's conntrack
+// attribute types are all below 32, and ti-mo/conntrack, the reference, reads them so.
+func (a *attrs) kind() uint8    { return uint8(a.typ & nlaTypeMask) }
 func (a *attrs) nested() bool   { return a.typ&nlaFNested != 0 }
 func (a *attrs) fail(err error) { a.err = err }
 

@@ -44,6 +44,12 @@ func (e *encoder) end(off int) {
 	binary.NativeEndian.PutUint32(e.b[off:], uint32(len(e.b)-off))
 }
 
+// noAck clears NLM_F_ACK of the message at off.
+func (e *encoder) noAck(off int) {
+	f := binary.NativeEndian.Uint16(e.b[off+6:])
+	binary.NativeEndian.PutUint16(e.b[off+6:], f&^uint16(netlink.Acknowledge))
+}
+
 // attr appends one attribute with data as payload, padded to 4 bytes.
 func (e *encoder) attr(typ uint16, data ...byte) {
 	var h [nlaHeaderLen]byte

@@ -209,14 +209,17 @@ func golden(t *testing.T, name, got string) {
 }
 
 // FuzzDecode feeds arbitrary netlink messages to the decoders of kernel messages this
-// package owns: they must not panic, and what they accept must be a well-formed flow.
+// package owns: they must not panic, what they accept must be a well-formed flow, and what
+// ti-mo/conntrack's decoder (the reference, ref_test.go) accepts they must accept and
+// decode alike.
 func FuzzDecode(f *testing.F) {
-	for _, fl := range []Flow{
+	flows := []Flow{
 		{Proto: unix.IPPROTO_TCP, TCPState: 3, Timeout: 300, Mark: 7, Status: StatusAssured,
 			Orig: tup("10.0.0.1:40000", "10.0.0.10:3306"), Reply: tup("10.1.0.100:3306", "10.1.0.10:40000")},
 		{Proto: unix.IPPROTO_UDP, Timeout: 30,
 			Orig: tup("[fd00::1]:5000", "[fd00::10]:53"), Reply: tup("[fd01::100]:53", "[fd00::1]:5000")},
-	} {
+	}
+	for _, fl := range flows {
 		for _, build := range []func() (netlink.Message, error){
 			func() (netlink.Message, error) { return createMessage(fl) },
 			func() (netlink.Message, error) { return updateMessage(fl, 0) },
@@ -228,6 +231,8 @@ func FuzzDecode(f *testing.F) {
 			}
 			f.Add(uint16(m.Header.Type), uint16(m.Header.Flags), m.Data)
 		}
+		m := kernelEntry(f, fl, 1)
+		f.Add(uint16(m.Header.Type), uint16(m.Header.Flags), m.Data)
 	}
 	f.Add(uint16(0x100), uint16(0), []byte{2, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, typ, flags uint16, data []byte) {
@@ -235,14 +240,22 @@ func FuzzDecode(f *testing.F) {
 			Header: netlink.Header{Type: netlink.HeaderType(typ), Flags: netlink.HeaderFlags(flags)},
 			Data:   data,
 		}
-		if ev, ok, err := decodeEvent(m); err == nil && ok {
+		ev, ok, err := decodeEvent(m)
+		if err == nil && ok {
 			checkDecoded(t, ev.Flow)
 			if ev.Type < EventNew || ev.Type > EventDestroy {
 				t.Errorf("event type %v", ev.Type)
 			}
 		}
-		if fl, ok, err := decodeFlow(m); err == nil && ok {
+		if rev, rok, rerr := refDecodeEvent(m); rerr == nil && rok && (err != nil || !ok || ev != rev) {
+			t.Errorf("decodeEvent = %+v, %v, %v; reference %+v", ev, ok, err, rev)
+		}
+		fl, ok, err := decodeFlow(m)
+		if err == nil && ok {
 			checkDecoded(t, fl)
+		}
+		if rfl, rok, rerr := refDecodeFlow(m); rerr == nil && rok && (err != nil || !ok || fl != rfl) {
+			t.Errorf("decodeFlow = %+v, %v, %v; reference %+v", fl, ok, err, rfl)
 		}
 		// The same bytes as a datagram of several netlink messages.
 		if msgs, err := parseMessages(data); err == nil {

@@ -2,6 +2,7 @@ package conntrack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -115,6 +116,70 @@ func (l *Listener) setReadBuffer(n int) error {
 		return fmt.Errorf("set conntrack event receive buffer to %d bytes: %w", n, err)
 	}
 	return nil
+}
+
+// IgnorePortIDs has the kernel drop the events of changes that sockets with these netlink
+// port ids asked for (Event.PortID) before they are queued for the Listener: pass the
+// PortID of the Tables the daemon injects with. A standby then pays neither receive
+// buffer nor a read for the events of its own injections (a full sync of a million
+// entries makes a million of them, more than any buffer holds); the kernel still builds
+// them. It installs a socket filter (SO_ATTACH_FILTER), which sees one event per
+// datagram, and replaces the ids of an earlier call; no ids removes it. Port id 0 (the
+// kernel's own changes) cannot be ignored. Safe to call at any time, Run running or not.
+func (l *Listener) IgnorePortIDs(ids ...uint32) error {
+	prog, err := ignorePortIDsFilter(ids)
+	if err != nil {
+		return err
+	}
+	rc, err := l.conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("conntrack event socket: %w", err)
+	}
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		if len(prog) == 0 {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DETACH_FILTER, 0)
+			if errors.Is(serr, unix.ENOENT) {
+				serr = nil // no filter attached
+			}
+			return
+		}
+		serr = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	})
+	if err := errors.Join(cerr, serr); err != nil {
+		return fmt.Errorf("filter conntrack events of port ids %v: %w", ids, err)
+	}
+	return nil
+}
+
+// ignorePortIDsFilter returns a classic BPF program that drops a netlink message whose
+// nlmsg_pid is one of ids and keeps any other, or nil for no ids.
+func ignorePortIDsFilter(ids []uint32) ([]unix.SockFilter, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	if len(ids) > 200 {
+		return nil, fmt.Errorf("filter conntrack events: %d port ids, at most 200", len(ids))
+	}
+	// BPF_ABS loads read big-endian; nlmsg_pid (offset 12) is in host order.
+	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 12}}
+	for i, id := range ids {
+		if id == 0 {
+			return nil, fmt.Errorf("filter conntrack events: port id 0 is the kernel's")
+		}
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], id)
+		prog = append(prog, unix.SockFilter{
+			Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K,
+			Jt:   uint8(len(ids) - i), // to the drop below the keep
+			K:    binary.BigEndian.Uint32(b[:]),
+		})
+	}
+	return append(prog,
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}, // keep
+		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},          // drop
+	), nil
 }
 
 // ReadBuffer returns the socket's receive buffer size as the kernel reports it (SO_RCVBUF,

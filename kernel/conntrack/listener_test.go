@@ -201,3 +201,47 @@ func ExampleListener_Run() {
 		fmt.Println(e.Type, e.Flow)
 	})
 }
+
+// TestListenerIgnorePortIDs proves that the events of one Table's changes can be dropped
+// in the kernel while those of another Table, and those made after the filter is
+// removed, still arrive.
+func TestListenerIgnorePortIDs(t *testing.T) {
+	ns := natNS(t, "ctlign")
+	own, other := openTable(t, ns), openTable(t, ns)
+	events, l := listen(t, ns, 1<<20)
+
+	if err := l.IgnorePortIDs(0); err == nil {
+		t.Error("IgnorePortIDs(0) succeeded; the kernel's own events cannot be ignored")
+	}
+	if err := l.IgnorePortIDs(own.PortID(), 123456); err != nil {
+		t.Fatal(err)
+	}
+	var batch []Flow
+	for i := range 50 {
+		batch = append(batch, mixedFlow(i, 100))
+	}
+	if errs := own.InjectBatch(batch); errs != nil {
+		t.Fatal(errors.Join(errs...))
+	}
+	if err := own.Inject(mixedFlow(50, 100)); err != nil {
+		t.Fatal(err)
+	}
+	f := mixedFlow(51, 100)
+	if err := other.Inject(f); err != nil {
+		t.Fatal(err)
+	}
+	if got := expectEvents(t, events, Event{Type: EventNew, Flow: f}); len(got) > 0 && got[0].PortID != other.PortID() {
+		t.Errorf("event port id %d, want the other table's %d", got[0].PortID, other.PortID())
+	}
+
+	if err := l.IgnorePortIDs(); err != nil {
+		t.Fatal(err)
+	}
+	if err := own.Delete(batch[0]); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, events, Event{Type: EventDestroy, Flow: batch[0]})
+	if err := l.IgnorePortIDs(); err != nil {
+		t.Errorf("removing no filter: %v", err)
+	}
+}

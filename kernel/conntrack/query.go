@@ -49,7 +49,14 @@ type querier struct {
 	raw  syscall.RawConn
 	seq  uint32 // last sequence number used
 	buf  []byte // receive buffer
-	out  []byte // send buffer of query
+	msg  []byte // send buffer of query
+
+	// The state of send and receive, so that they allocate nothing.
+	out             []byte
+	werr, rerr      error
+	rn              int
+	wait            bool
+	writeFn, readFn func(fd uintptr) bool
 }
 
 func dialQuerier() (*querier, error) {
@@ -62,7 +69,9 @@ func dialQuerier() (*querier, error) {
 		_ = c.Close()
 		return nil, err
 	}
-	return &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano())}, nil
+	q := &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano())}
+	q.writeFn, q.readFn = q.write, q.read
+	return q, nil
 }
 
 func (q *querier) close() error { return q.conn.Close() }
@@ -80,6 +89,9 @@ func (q *querier) setBuffers(send, recv int) (sendGot, recvGot int, err error) {
 		}
 		set(unix.SO_SNDBUFFORCE, unix.SO_SNDBUF, send)
 		set(unix.SO_RCVBUFFORCE, unix.SO_RCVBUF, recv)
+		// Error answers without a copy of the request (the sequence number says
+		// which): smaller answers, more of them fit the receive buffer.
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_NETLINK, unix.NETLINK_CAP_ACK, 1)
 		var e1, e2 error
 		sendGot, e1 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF)
 		recvGot, e2 = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
@@ -117,8 +129,8 @@ func (q *querier) query(req netlink.Message, each func(netlink.Message) error) e
 	ne.PutUint16(h[4:], uint16(req.Header.Type))
 	ne.PutUint16(h[6:], uint16(req.Header.Flags))
 	ne.PutUint32(h[8:], seq)
-	q.out = append(append(q.out[:0], h[:]...), req.Data...)
-	if err := q.send(q.out); err != nil {
+	q.msg = append(append(q.msg[:0], h[:]...), req.Data...)
+	if err := q.send(q.msg); err != nil {
 		return err
 	}
 	var eachErr error
@@ -172,26 +184,30 @@ func messageErrno(data []byte) unix.Errno {
 	return 0
 }
 
-// send writes b, one or more netlink messages, in one sendmsg to the kernel. The kernel
-// handles them one after the other before sendmsg returns (netlink_unicast_kernel), and
-// queues each answer on the socket then.
+// send writes b, one or more netlink messages, in one sendmsg to the kernel (the
+// socket's default destination). The kernel handles them one after the other before
+// sendmsg returns (netlink_unicast_kernel), and queues each answer on the socket then.
 func (q *querier) send(b []byte) error {
-	var werr error
-	err := q.raw.Write(func(fd uintptr) bool {
-		for {
-			werr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-			if !errors.Is(werr, unix.EINTR) {
-				return !errors.Is(werr, unix.EAGAIN)
-			}
-		}
-	})
+	q.out = b
+	err := q.raw.Write(q.writeFn)
+	q.out = nil
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
 	}
-	if werr != nil {
-		return fmt.Errorf("send: %w", werr)
+	if q.werr != nil {
+		return fmt.Errorf("send: %w", q.werr)
 	}
 	return nil
+}
+
+// write is q.writeFn, kept in q so that a send allocates nothing.
+func (q *querier) write(fd uintptr) bool {
+	for {
+		_, q.werr = unix.Write(int(fd), q.out)
+		if q.werr != unix.EINTR {
+			return q.werr != unix.EAGAIN
+		}
+	}
 }
 
 // receive reads one datagram into q.buf and returns its length. With wait it waits up to
@@ -203,30 +219,32 @@ func (q *querier) receive(wait bool) (int, error) {
 			return 0, err
 		}
 	}
-	var n int
-	var rerr error
+	q.wait = wait
+	if err := q.raw.Read(q.readFn); err != nil {
+		return 0, fmt.Errorf("receive: %w", err)
+	}
+	switch {
+	case q.rerr == unix.EAGAIN || q.rerr == unix.ENOBUFS:
+		return 0, q.rerr
+	case q.rerr != nil:
+		return 0, fmt.Errorf("receive: %w", q.rerr)
+	case q.rn >= len(q.buf):
+		// A netlink datagram is at most 32 KiB (netlink_recvmsg, netlink_dump), half
+		// of q.buf: a full buffer means that one was cut.
+		return 0, fmt.Errorf("receive: datagram of %d bytes or more", q.rn)
+	}
+	return q.rn, nil
+}
+
+// read is q.readFn, kept in q so that a receive allocates nothing. The socket does not
+// block (the runtime's poller waits for it), and read(2) takes no source address.
+func (q *querier) read(fd uintptr) bool {
 	for {
-		err := q.raw.Read(func(fd uintptr) bool {
-			n, _, rerr = unix.Recvfrom(int(fd), q.buf, unix.MSG_TRUNC|unix.MSG_DONTWAIT)
-			return !wait || !errors.Is(rerr, unix.EAGAIN) // EAGAIN: wait until readable
-		})
-		if err != nil {
-			return 0, fmt.Errorf("receive: %w", err)
-		}
-		if !errors.Is(rerr, unix.EINTR) {
-			break
+		q.rn, q.rerr = unix.Read(int(fd), q.buf)
+		if q.rerr != unix.EINTR {
+			return !q.wait || q.rerr != unix.EAGAIN // EAGAIN: wait until readable
 		}
 	}
-	if rerr != nil {
-		if errors.Is(rerr, unix.EAGAIN) || errors.Is(rerr, unix.ENOBUFS) {
-			return 0, rerr
-		}
-		return 0, fmt.Errorf("receive: %w", rerr)
-	}
-	if n > len(q.buf) {
-		return 0, fmt.Errorf("receive: datagram of %d bytes truncated", n)
-	}
-	return n, nil
 }
 
 // forEachMessage calls fn for each netlink message in a datagram, without copying: the
@@ -290,8 +308,8 @@ func (q *querier) exchange(b []byte, first uint32, n, final int,
 			continue
 		case errors.Is(err, unix.EAGAIN):
 			// Everything the kernel answered is queued by the time sendmsg returns, so
-			// an empty queue means the rest was dropped.
-			return true, nil
+			// an empty queue before the final answer means the rest was dropped.
+			return lost || final >= 0, nil
 		case err != nil:
 			return lost, err
 		}
@@ -310,18 +328,5 @@ func (q *querier) exchange(b []byte, first uint32, n, final int,
 			return lost, err
 		}
 	}
-	if final < 0 {
-		return lost, nil
-	}
-	// Drain what follows the final answer (nothing, unless an earlier batch was cut).
-	for {
-		_, err := q.receive(false)
-		if errors.Is(err, unix.ENOBUFS) {
-			lost = true
-			continue
-		}
-		if err != nil {
-			return lost, nil
-		}
-	}
+	return lost, nil
 }

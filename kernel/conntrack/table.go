@@ -23,15 +23,22 @@ const (
 
 // Table is the conntrack table of the network namespace that was current when Open was
 // called (netlink sockets bind to the namespace at creation). Its methods are safe for
-// concurrent use: requests go out one at a time on one socket, and dumps one at a time on
-// another, so that a Dump callback may call the other methods. Close ends it.
+// concurrent use: requests go out one at a time on one socket (one sendmsg at a time for
+// InjectBatch), and dumps one at a time on another, so that a Dump callback may call the
+// other methods. Close ends it.
+//
+// The kernel serialises every ctnetlink request of the host under one mutex
+// (NFNL_CB_MUTEX, nfnetlink_rcv_msg), so more sockets or goroutines do not make
+// injection faster; fewer system calls per entry (InjectBatch) do.
 type Table struct {
 	q  *querier // get, create, update, delete
 	dq *querier // dumps
 
-	// mu serialises Inject and Delete, so that one Inject's get-then-update or
-	// get-then-delete is not interleaved with another on the same entry.
-	mu sync.Mutex
+	// mu serialises Inject, InjectBatch's groups and Delete, so that one Inject's
+	// get-then-update or get-then-delete is not interleaved with another on the same
+	// entry.
+	mu    sync.Mutex
+	batch batchState // InjectBatch's buffers; guarded by mu
 
 	closeOnce sync.Once
 	closeErr  error
@@ -50,11 +57,22 @@ func Open() (*Table, error) {
 		_ = q.close()
 		return nil, fmt.Errorf("dial conntrack: %w", err)
 	}
-	return &Table{q: q, dq: dq}, nil
+	// Room for batches (InjectBatch) on the request socket; without CAP_NET_ADMIN the
+	// buffers may stay smaller, and batches with them.
+	snd, rcv, err := q.setBuffers(sockSendBuf, sockRecvBuf)
+	if err != nil {
+		_ = errors.Join(q.close(), dq.close())
+		return nil, err
+	}
+	t := &Table{q: q, dq: dq}
+	t.batch.maxReqs = min(batchMsgs, max(2, rcv/answerCost))
+	t.batch.maxBytes = min(batchBytes, max(2*maxRequestLen, snd-64))
+	t.batch.limit = t.batch.maxReqs
+	return t, nil
 }
 
-// PortID returns the netlink port id of the socket that Inject and Delete send on: the
-// Event.PortID of the changes they make.
+// PortID returns the netlink port id of the socket that Inject, InjectBatch and Delete
+// send on: the Event.PortID of the changes they make (see Listener.IgnorePortIDs).
 func (t *Table) PortID() uint32 { return t.q.conn.PID() }
 
 // Close closes the sockets. Calls in flight and later calls fail; calling Close again
@@ -186,7 +204,8 @@ func (t *Table) delete(q Flow, id uint32) error {
 // state, timeout, mark and status are updated (fact 7); otherwise it is deleted and f
 // created. Calling Inject again with the same flow changes nothing but the timeout.
 // EAGAIN on the NAT setup is retried a few times. When another entry already holds the
-// reply tuple that f's NAT asks for, the error wraps unix.EEXIST.
+// reply tuple that f's NAT asks for, the error wraps unix.EEXIST; when the table is full,
+// ErrTableFull.
 //
 // Safe for concurrent use; Injects and Deletes are applied one at a time.
 func (t *Table) Inject(f Flow) error {
@@ -238,6 +257,9 @@ func (t *Table) create(f Flow) error {
 	var err error
 	for i := range eagainAttempts {
 		err = t.query(func() (netlink.Message, error) { return createMessage(f) }, nil)
+		if errno := unix.Errno(0); errors.As(err, &errno) && errno == unix.ENOMEM {
+			return createError(errno)
+		}
 		if !errors.Is(err, unix.EAGAIN) {
 			return err
 		}
@@ -248,14 +270,7 @@ func (t *Table) create(f Flow) error {
 
 // update changes state, timeout, mark and status of the existing entry cur to f's.
 func (t *Table) update(f Flow, cur Flow) error {
-	var status uint32
-	// Status bits can only be added (nf_ct_change_status_common answers EBUSY when a
-	// set SEEN_REPLY or ASSURED, or any unchangeable bit, would be cleared), so send
-	// the current status plus what f adds, and nothing when f adds nothing.
-	if add := f.Status & settableStatus &^ cur.Status; add != 0 {
-		status = cur.Status | add
-	}
-	return t.query(func() (netlink.Message, error) { return updateMessage(f, status) }, nil)
+	return t.query(func() (netlink.Message, error) { return updateMessage(f, updateStatus(f, cur)) }, nil)
 }
 
 func (t *Table) query(build func() (netlink.Message, error), each func(netlink.Message) error) error {
