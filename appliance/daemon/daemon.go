@@ -172,6 +172,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	<-ctx.Done()
 	d.mu.Lock()
+	d.roles.setActive(false)
 	d.roles.stop()
 	d.mu.Unlock()
 	d.roles.bg.Wait()

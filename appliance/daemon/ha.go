@@ -61,6 +61,7 @@ func (h hooks) BecomeActive(ctx context.Context, reason string) error {
 	d.toActive.Add(1)
 	d.active = true
 	d.roles.stop()
+	d.roles.setActive(true)
 	cfg := d.Config()
 	d.announce(d.addFloating(&cfg, nil))
 	d.roles.start(&cfg)
@@ -76,6 +77,7 @@ func (h hooks) BecomeStandby(ctx context.Context, reason string) error {
 	d.logger.Info("becoming Standby", "reason", reason)
 	d.toStandby.Add(1)
 	d.active = false
+	d.roles.setActive(false)
 	d.roles.stop()
 	cfg := d.Config()
 	d.removeFloating(&cfg, nil)
@@ -101,27 +103,43 @@ func (d *Daemon) ForceStandby(ctx context.Context) error {
 // listener and the mirror sender; on the Standby, the mirror receiver. Its methods are
 // called with Daemon.mu held.
 type roleRunner struct {
-	d        *Daemon
-	base     context.Context // the daemon's lifetime
-	bg       sync.WaitGroup  // background work such as gratuitous ARP
-	cancel   context.CancelFunc
-	done     sync.WaitGroup
-	key      string
-	sender   *mirror.Sender
-	receiver *mirror.Receiver
-	statsMu  sync.Mutex
+	d    *Daemon
+	base context.Context // the daemon's lifetime
+	bg   sync.WaitGroup  // background work such as gratuitous ARP
+
+	activeCtx    context.Context // the current Active term; nil when not Active
+	activeCancel context.CancelFunc
+	cancel       context.CancelFunc
+	done         sync.WaitGroup
+	key          string
+	sender       *mirror.Sender
+	receiver     *mirror.Receiver
+	statsMu      sync.Mutex
 }
 
-// goBackground runs fn until the daemon stops.
-func (r *roleRunner) goBackground(fn func(ctx context.Context)) {
-	if r.base == nil {
+// goActive runs fn until the device leaves Active (or the daemon stops).
+func (r *roleRunner) goActive(fn func(ctx context.Context)) {
+	if r.activeCtx == nil {
 		return
 	}
+	ctx := r.activeCtx
 	r.bg.Add(1)
 	go func() {
 		defer r.bg.Done()
-		fn(r.base)
+		fn(ctx)
 	}()
+}
+
+// setActive starts or ends an Active term, whose context bounds work such as the
+// gratuitous ARP repeats.
+func (r *roleRunner) setActive(active bool) {
+	if r.activeCancel != nil {
+		r.activeCancel()
+		r.activeCtx, r.activeCancel = nil, nil
+	}
+	if active && r.base != nil {
+		r.activeCtx, r.activeCancel = context.WithCancel(r.base)
+	}
 }
 
 func (r *roleRunner) roleKey(c *config.Config) string {

@@ -199,11 +199,12 @@ const (
 	garpInterval = 500 * time.Millisecond
 )
 
-// announce sends gratuitous ARP for addresses that just came up, in the background; the
-// sends end with the daemon's context.
+// announce sends gratuitous ARP for addresses that just came up, in the background. The
+// repeats end when the device leaves Active: announcing addresses it no longer holds would
+// pull the neighbours back to it. Called with mu held.
 func (d *Daemon) announce(byIf map[string][]netip.Addr) {
 	for ifname, addrs := range byIf {
-		d.roles.goBackground(func(ctx context.Context) {
+		d.roles.goActive(func(ctx context.Context) {
 			n, err := d.announcer.Announce(ctx, ifname, addrs, garpRepeat, garpInterval)
 			if err != nil && ctx.Err() == nil {
 				d.logger.Warn("gratuitous ARP", "interface", ifname, slog.Any("err", err))
