@@ -67,7 +67,10 @@ type peerInfo struct {
 	state     State
 	yielding  bool
 	lastHeard time.Time
-	payload   []byte // never modified once stored
+	// heardSince is when this run of heartbeats began (first heard, restarted, or heard
+	// again after falling silent).
+	heardSince time.Time
+	payload    []byte // never modified once stored
 }
 
 type listener struct {
@@ -254,6 +257,10 @@ func (l *loop) onDatagram(ev event, now time.Time) {
 		return
 	}
 	p := &l.peer
+	since := p.heardSince
+	if p.name != hb.Name || p.bootID != hb.BootID || now.Sub(p.lastHeard) >= l.cfg.Timeout {
+		since = now
+	}
 	switch {
 	case p.name == "":
 	case hb.Name != p.name:
@@ -266,7 +273,7 @@ func (l *loop) onDatagram(ev event, now time.Time) {
 		l.missed += hb.Seq - p.seq - 1
 	}
 	*p = peerInfo{name: hb.Name, addr: from, bootID: hb.BootID, seq: hb.Seq, state: hb.State,
-		yielding: hb.Yield, lastHeard: now, payload: hb.Payload}
+		yielding: hb.Yield, lastHeard: now, heardSince: since, payload: hb.Payload}
 	l.received++
 	if hb.State == StateActive && l.yielding {
 		l.yielding = false
@@ -284,12 +291,13 @@ func (l *loop) standalone(now time.Time) {
 
 // view gathers the facts for next.
 func (l *loop) view(now time.Time) view {
-	v := view{self: l.cfg.Device, yielding: l.yielding, timeout: l.cfg.Timeout}
+	v := view{self: l.cfg.Device, yielding: l.yielding, timeout: l.cfg.Timeout, settle: 2 * l.cfg.Interval}
 	if !l.waitFrom.IsZero() {
 		v.listening, v.listened = true, now.Sub(l.waitFrom)
 	}
 	if p := l.peer; p.name != "" {
-		v.peer = peerView{name: p.name, alive: now.Sub(p.lastHeard) < l.cfg.Timeout, state: p.state, yielding: p.yielding}
+		v.peer = peerView{name: p.name, alive: now.Sub(p.lastHeard) < l.cfg.Timeout, state: p.state, yielding: p.yielding,
+			heardFor: now.Sub(p.heardSince)}
 	}
 	return v
 }

@@ -288,6 +288,10 @@ func TestMachineTieBreakAndOffline(t *testing.T) {
 	h.send(StateOffline, false, 0)
 	h.expect(StateStandby, "starting")
 	h.send(StateStandby, false, 0)
+	h.expect(StateStandby, "starting")
+	// The tie-break waits until the peer has been heard for two intervals (30 ms each).
+	h.clk.Advance(60 * time.Millisecond)
+	h.send(StateStandby, false, 0)
 	h.expect(StateActive, "tie-break: both standby, lb1 < lb2")
 	h.send(StateStandby, false, 0)
 	h.expect(StateActive, "tie-break: both standby, lb1 < lb2")

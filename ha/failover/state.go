@@ -43,15 +43,21 @@ type view struct {
 	listening bool          // at least one heartbeat socket has been bound
 	listened  time.Duration // time since the first socket was bound
 	timeout   time.Duration // failover.nettimeout
-	peer      peerView
+	// settle is how long the peer must have been heard before its Standby state is acted
+	// on. Heartbeats queued in the kernel while a link was down (waiting for ARP) arrive
+	// in a burst when it comes back, oldest first: a device that decided on the first of
+	// them would take Active from a peer that has long been Active.
+	settle time.Duration
+	peer   peerView
 }
 
 // peerView is what was heard from the peer.
 type peerView struct {
-	name     string // "" if no peer has been heard
-	alive    bool   // heard within timeout
-	state    State  // its state in its latest heartbeat
-	yielding bool   // its yield flag in its latest heartbeat
+	name     string        // "" if no peer has been heard
+	alive    bool          // heard within timeout
+	state    State         // its state in its latest heartbeat
+	yielding bool          // its yield flag in its latest heartbeat
+	heardFor time.Duration // how long its current run of heartbeats has lasted
 }
 
 // next is the transition function: given the current state and the facts, the state to be
@@ -100,12 +106,16 @@ func standby(v view) (State, string) {
 		}
 		return StateActive, fmt.Sprintf("peer %s is offline", p.name)
 	}
-	// Both Standby.
+	// Both Standby. A yield is a fresh, deliberate act (run sys failover standby) and is
+	// followed at once; the tie-break waits until the peer's state has settled.
 	switch {
 	case v.yielding && !p.yielding:
 		return StateStandby, fmt.Sprintf("yielded to peer %s", p.name)
 	case p.yielding && !v.yielding:
 		return StateActive, fmt.Sprintf("peer %s yielded", p.name)
+	}
+	if p.heardFor < v.settle {
+		return StateStandby, fmt.Sprintf("listening to peer %s", p.name)
 	}
 	if v.self < p.name {
 		return StateActive, fmt.Sprintf("tie-break: both standby, %s < %s", v.self, p.name)

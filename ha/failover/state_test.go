@@ -45,6 +45,30 @@ func TestNextStates(t *testing.T) {
 		{"offline starts standby", StateOffline, view{self: "lb1", timeout: T}, decision{StateStandby, "starting"}},
 		{"offline starts standby whatever the peer", StateOffline, with(settled("lb1"), alive("lb2", StateStandby)), decision{StateStandby, "starting"}},
 
+		// Standby, a peer just heard: its Standby state is not yet acted on (a burst of
+		// heartbeats queued while the link was down arrives oldest first).
+		{"standby, peer standby, not yet settled", StateStandby,
+			func() view {
+				v := with(settled("lb1"), alive("lb2", StateStandby))
+				v.settle = 200 * time.Millisecond
+				return v
+			}(),
+			decision{StateStandby, "listening to peer lb2"}},
+		{"standby, peer standby, settled", StateStandby,
+			func() view {
+				v := with(settled("lb1"), alive("lb2", StateStandby))
+				v.settle, v.peer.heardFor = 200*time.Millisecond, 200*time.Millisecond
+				return v
+			}(),
+			decision{StateActive, "tie-break: both standby, lb1 < lb2"}},
+		{"standby, peer active at once", StateStandby,
+			func() view {
+				v := with(settled("lb1"), alive("lb2", StateActive))
+				v.settle = 200 * time.Millisecond
+				return v
+			}(),
+			decision{StateStandby, "peer lb2 is active"}},
+
 		// Standby, no live peer.
 		{"standby before any socket is bound", StateStandby, view{self: "lb1", timeout: T},
 			decision{StateStandby, "waiting for a heartbeat socket to bind"}},
