@@ -49,7 +49,6 @@ type Daemon struct {
 
 	mu        sync.Mutex // serialises configuration changes and role changes
 	nft       *nft.Table
-	dumpTable *conntrack.Table // for dumps (show, mirror snapshots)
 	injTable  *conntrack.Table // for the standby's injections
 	announcer *link.Announcer
 	fsm       *failover.Machine
@@ -94,11 +93,7 @@ func New(opts Options) (*Daemon, error) {
 	if d.nft, err = nft.New(TableName); err != nil {
 		return nil, fmt.Errorf("open nftables: %w", err)
 	}
-	if d.dumpTable, err = conntrack.Open(); err != nil {
-		return nil, fmt.Errorf("open conntrack: %w", err)
-	}
 	if d.injTable, err = conntrack.Open(); err != nil {
-		d.dumpTable.Close()
 		return nil, fmt.Errorf("open conntrack: %w", err)
 	}
 	d.announcer = link.NewAnnouncer(d.logger.With("component", "garp"))
@@ -122,7 +117,6 @@ func (d *Daemon) Config() config.Config { return *d.running.Load() }
 // the way out the mirror stream and the listeners stop; the nftables table and the kernel's
 // connection entries stay, so that traffic keeps flowing through a daemon restart.
 func (d *Daemon) Run(ctx context.Context) error {
-	defer d.dumpTable.Close()
 	defer d.injTable.Close()
 	for _, s := range []struct{ name, value string }{
 		{"net.ipv4.ip_forward", "1"},

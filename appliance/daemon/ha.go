@@ -300,8 +300,15 @@ func (d *Daemon) onEvent(sender *mirror.Sender, ev conntrack.Event) {
 
 // snapshot gives the sender every flow of a mirror-enabled virtual, for a full sync.
 func (d *Daemon) snapshot(ctx context.Context, fn func(mirror.Flow) error) error {
+	// Each snapshot dumps on a socket of its own: the sender's full syncs, its digests and
+	// the receiver's kernel checks may run at the same time, and one socket carries one dump.
+	t, err := conntrack.Open()
+	if err != nil {
+		return fmt.Errorf("open conntrack for a snapshot: %w", err)
+	}
+	defer t.Close()
 	idx := d.mirror.Load()
-	return d.dumpTable.Dump(ctx, func(f conntrack.Flow) error {
+	return t.Dump(ctx, func(f conntrack.Flow) error {
 		if v := idx.lookup(f.Proto, f.Orig.Dst); v != nil && v.Mirror {
 			return fn(toMirror(f))
 		}
