@@ -4,7 +4,7 @@ BIN     := bin
 LABDIR  := /run/appliance-lab
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: build test test-unit lab lab-down clean
+.PHONY: build test test-unit lab lab-down bench bench-quick clean
 
 build:
 	$(GO) build -o $(BIN)/ ./appliance/cmd/applianced ./shell/cmd/tmsh ./tests/cmd/lab
@@ -30,6 +30,20 @@ lab: build
 lab-down:
 	@test -x $(BIN)/lab || $(GO) build -o $(BIN)/ ./tests/cmd/lab
 	$(BIN)/lab down -dir $(LABDIR) -bin $(BIN)
+
+# Ours beside conntrackd (FTFW) + keepalived (VRRP) on the same lab; not part of make test.
+# Installs conntrackd and keepalived if missing; prints the table and writes bin/bench-results.txt.
+bench: build
+	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
+	$(GO) build -o $(BIN)/ ./tests/cmd/bench
+	$(BIN)/bench -bin $(BIN) -results $(BIN)/bench-results.txt
+
+bench-quick: build
+	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
+	$(GO) build -o $(BIN)/ ./tests/cmd/bench
+	$(BIN)/bench -bin $(BIN) -quick -results $(BIN)/bench-results.txt
 
 clean:
 	rm -rf $(BIN)
