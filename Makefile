@@ -37,7 +37,7 @@ bench: build
 	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
 	$(GO) build -o $(BIN)/ ./tests/cmd/bench
-	$(BIN)/bench -bin $(BIN) -results $(BIN)/bench-results.txt
+	$(BIN)/bench -bin $(BIN) -results $(BIN)/bench-results.txt $(BENCHFLAGS)
 
 bench-quick: build
 	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
