@@ -15,6 +15,7 @@ import (
 	"github.com/openappliance/appliance/ha/mirror"
 	"github.com/openappliance/appliance/kernel/conntrack"
 	"github.com/openappliance/appliance/kernel/link"
+	"golang.org/x/sys/unix"
 )
 
 // Ports of the peer channels.
@@ -340,7 +341,13 @@ var _ mirror.BatchWriter = flowWriter{}
 // that really ends on the active is removed by its destroy event.
 func (d *Daemon) standbyFlow(f mirror.Flow) conntrack.Flow {
 	k := toKernel(f)
-	if t := d.stateTimeout(k.Proto, k.TCPState); t > k.Timeout {
+	state := k.TCPState
+	if k.Proto == unix.IPPROTO_TCP && state == conntrack.TCPStateNone {
+		// Not known (an event for a status change): the entry keeps its state, or is
+		// created ESTABLISHED (conntrack.Flow).
+		state = conntrack.TCPStateEstablished
+	}
+	if t := d.stateTimeout(k.Proto, state); t > k.Timeout {
 		k.Timeout = t
 	}
 	return k

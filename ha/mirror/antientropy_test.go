@@ -258,7 +258,7 @@ func TestAntiEntropyChurn(t *testing.T) {
 			case n < 14: // a state change: same NAT binding
 				i := rnd.IntN(len(live))
 				f := testFlow(keyIndex(live[i]))
-				f.Timeout, f.TCPState = rnd.Uint32(), uint8(rnd.IntN(10))
+				f.Timeout, f.TCPState = rnd.Uint32(), uint8(rnd.IntN(9)+1)
 				ct.upsert(s, f)
 			case n < 19: // a connection ends
 				i := rnd.IntN(len(live))

@@ -3,6 +3,8 @@ package mirror
 import (
 	"fmt"
 	"net/netip"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tuple is one direction of a connection.
@@ -17,9 +19,18 @@ type Flow struct {
 	Proto    uint8  // IPPROTO_TCP / IPPROTO_UDP
 	Orig     Tuple  // client -> virtual address
 	Reply    Tuple  // NATed reply direction: pool member -> SNAT address
-	TCPState uint8  // the kernel's TCP conntrack state (enum tcp_conntrack)
+	TCPState uint8  // the kernel's TCP conntrack state (enum tcp_conntrack), or TCPStateUnknown
 	Timeout  uint32 // seconds left
 	Mark     uint32 // connection mark
+}
+
+// TCPStateUnknown (TCP_CONNTRACK_NONE, which no live entry is in) says that the change did not
+// carry the state: the kernel's update events for a status change alone have none. The standby
+// keeps the state its entry has.
+const TCPStateUnknown uint8 = 0
+
+func unknownTCPState(f *Flow) bool {
+	return f.Proto == unix.IPPROTO_TCP && f.TCPState == TCPStateUnknown
 }
 
 // Key identifies a flow: its protocol and original tuple. It is comparable and usable as a map key.

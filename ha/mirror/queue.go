@@ -38,9 +38,13 @@ func newQueue(maxLen int) *queue {
 // push queues c, replacing a queued change with the same key in place. When the queue already
 // holds max distinct keys, it drops them all and reports overflowed: the caller must force a
 // full sync, which carries the current state of every dropped key. c itself is queued either way.
+// An upsert without a TCP state keeps the state of the upsert it replaces.
 func (q *queue) push(c change) (overflowed bool) {
 	q.mu.Lock()
 	if i, ok := q.index[c.key]; ok {
+		if old := &q.items[i]; c.op == opUpsert && old.op == opUpsert && unknownTCPState(&c.flow) {
+			c.flow.TCPState = old.flow.TCPState
+		}
 		q.items[i] = c
 		q.mu.Unlock()
 		return false // already pending, so the Sender has already been woken
@@ -114,8 +118,10 @@ func (q *queue) putBack(rest []change) {
 	}
 	items := make([]change, 0, len(rest)+len(q.items))
 	for _, c := range rest {
-		if _, ok := q.index[c.key]; !ok {
+		if i, ok := q.index[c.key]; !ok {
 			items = append(items, c)
+		} else if newer := &q.items[i]; c.op == opUpsert && newer.op == opUpsert && unknownTCPState(&newer.flow) {
+			newer.flow.TCPState = c.flow.TCPState
 		}
 	}
 	items = append(items, q.items...)

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -107,7 +108,7 @@ func TestStreamConverges(t *testing.T) {
 				if rnd.IntN(4) == 0 {
 					tr.delete(s, f)
 				} else {
-					f.Timeout, f.TCPState, f.Mark = rnd.Uint32(), uint8(rnd.IntN(10)), rnd.Uint32()
+					f.Timeout, f.TCPState, f.Mark = rnd.Uint32(), uint8(rnd.IntN(9)+1), rnd.Uint32() // a known state: 0 keeps the queued one
 					tr.upsert(s, f)
 				}
 				changes.Add(1)
@@ -284,6 +285,40 @@ func TestCoalescing(t *testing.T) {
 	}
 	if n := table.injectCount(f.Key()); n != 2 {
 		t.Errorf("%d injects, want 2", n)
+	}
+}
+
+// TestQueueKeepsTCPState: an upsert without a TCP state (an update event for a status change)
+// that replaces a queued upsert keeps its state, whether it is queued after it or the older one
+// is put back after a failed write.
+func TestQueueKeepsTCPState(t *testing.T) {
+	q := newQueue(100)
+	push := func(i int, state uint8) {
+		f := testFlow(i)
+		f.TCPState = state
+		fam, _ := flowFamily(&f)
+		q.push(change{op: opUpsert, key: packKey(f.Proto, fam, f.Orig), flow: f})
+	}
+	states := func(b batch) (got []uint8) {
+		for _, c := range b.items {
+			got = append(got, c.flow.TCPState)
+		}
+		return got
+	}
+	push(0, 2)
+	push(2, 3)
+	push(0, TCPStateUnknown)
+	push(2, 4)
+	b := q.take()
+	if got := states(b); !slices.Equal(got, []uint8{2, 4}) {
+		t.Errorf("states after coalescing: %v, want [2 4]", got)
+	}
+	push(0, TCPStateUnknown)
+	q.putBack(b.items)
+	q.release(b)
+	// The put-back key goes first; the newer change of key 0 keeps its place after it.
+	if got := states(q.take()); !slices.Equal(got, []uint8{4, 2}) {
+		t.Errorf("states after putBack: %v, want [4 2]", got)
 	}
 }
 

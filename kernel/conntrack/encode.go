@@ -132,11 +132,14 @@ func (e *encoder) nat(typ uint16, to netip.AddrPort) {
 }
 
 // tcp appends the TCP state with "be liberal" set for both directions: flag byte, then
-// mask byte (struct nf_ct_tcp_flags).
+// mask byte (struct nf_ct_tcp_flags). TCPStateNone sends no state, which the kernel
+// reads as "unchanged" (nlattr_to_tcp).
 func (e *encoder) tcp(state uint8) {
 	n := e.nest(ctaProtoInfo)
 	t := e.nest(ctaProtoInfoTCP)
-	e.u8(ctaProtoInfoTCPState, state)
+	if state != TCPStateNone {
+		e.u8(ctaProtoInfoTCPState, state)
+	}
 	e.attr(ctaProtoInfoTCPFlagsOriginal, tcpFlagBeLiberal, tcpFlagBeLiberal)
 	e.attr(ctaProtoInfoTCPFlagsReply, tcpFlagBeLiberal, tcpFlagBeLiberal)
 	e.unnest(t)

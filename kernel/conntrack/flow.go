@@ -61,11 +61,17 @@ func (t Tuple) inverse() Tuple { return Tuple{Src: t.Dst, Dst: t.Src} }
 
 // Flow is one conntrack entry as the appliance mirrors it. It is a plain value: copies
 // are independent and any goroutine may use them.
+//
+// A TCP flow's TCPState is TCPStateNone when it is not known: the kernel's update event
+// for a status change alone (SEEN_REPLY, ASSURED) carries no protocol info
+// (ctnetlink_conntrack_event sends it only with IPCT_PROTOINFO), and no confirmed entry
+// is ever in NONE. Inject leaves an existing entry's state alone for such a flow, and
+// creates a missing one ESTABLISHED, as the kernel's own mid-stream pickup does.
 type Flow struct {
 	Proto    uint8  // unix.IPPROTO_TCP or unix.IPPROTO_UDP; other protocols are not dumped or delivered
 	Orig     Tuple  // original direction: client -> virtual address
 	Reply    Tuple  // reply direction as the kernel holds it, i.e. NATed: pool member -> SNAT address
-	TCPState uint8  // TCPState* (0 unless TCP)
+	TCPState uint8  // TCPState*; TCPStateNone when not TCP or not known (see below)
 	Timeout  uint32 // seconds left
 	Mark     uint32
 	Status   uint32 // Status* bits as the kernel reports them

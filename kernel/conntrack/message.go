@@ -84,7 +84,11 @@ func appendCreate(e *encoder, f Flow, seq uint32) {
 		e.be32(ctaStatus, s|StatusConfirmed)
 	}
 	if f.Proto == unix.IPPROTO_TCP {
-		e.tcp(f.TCPState)
+		state := f.TCPState
+		if state == TCPStateNone {
+			state = TCPStateEstablished // not known: what the kernel's mid-stream pickup assumes
+		}
+		e.tcp(state)
 	}
 	if to, ok := f.DNAT(); ok {
 		e.nat(ctaNATDst, to)
@@ -98,7 +102,7 @@ func appendCreate(e *encoder, f Flow, seq uint32) {
 // appendUpdate appends IPCTNL_MSG_CT_NEW without NLM_F_CREATE for an existing entry. It
 // carries state, timeout, mark and status only: the kernel refuses NAT attributes on an
 // existing entry with EOPNOTSUPP (ctnetlink_change_conntrack, DESIGN fact 7). status 0
-// leaves the entry's status alone.
+// leaves the entry's status alone, and TCPStateNone its state.
 func appendUpdate(e *encoder, f Flow, status uint32, seq uint32) {
 	m := e.begin(msgCTNew, family(f.Orig), netlink.Request|netlink.Acknowledge, seq)
 	e.tuple(ctaTupleOrig, f.Proto, f.Orig)

@@ -495,3 +495,49 @@ func TestConcurrent(t *testing.T) {
 		checkFlow(t, f, mustGet(t, tbl, f))
 	}
 }
+
+// TestInjectUnknownState: a TCP flow without a state (an update event for a status change
+// carries none) keeps the state of the entry it updates, and creates a missing entry
+// ESTABLISHED; through Inject and through InjectBatch alike.
+func TestInjectUnknownState(t *testing.T) {
+	ns := natNS(t, "ctnone")
+	tbl := openTable(t, ns)
+	inject := map[string]func(Flow) error{
+		"Inject": tbl.Inject,
+		"InjectBatch": func(f Flow) error {
+			return errors.Join(tbl.InjectBatch([]Flow{f})...)
+		},
+	}
+	port := uint16(41000)
+	for name, in := range inject {
+		t.Run(name, func(t *testing.T) {
+			port++
+			f := Flow{
+				Proto: unix.IPPROTO_TCP, TCPState: TCPStateFinWait, Timeout: 100,
+				Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), port), Dst: ap("10.0.0.10:3306")},
+				Reply: Tuple{Src: ap("10.1.0.100:3306"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), port)},
+			}
+			if err := in(f); err != nil {
+				t.Fatal(err)
+			}
+			update := f
+			update.TCPState, update.Status, update.Timeout = TCPStateNone, StatusAssured|StatusSeenReply, 200
+			if err := in(update); err != nil {
+				t.Fatal(err)
+			}
+			got := mustGet(t, tbl, f)
+			if got.TCPState != TCPStateFinWait || got.Status&StatusAssured == 0 {
+				t.Errorf("after an update without state: state %d status %#x, want %d with ASSURED", got.TCPState, got.Status, TCPStateFinWait)
+			}
+			if err := tbl.Delete(f); err != nil {
+				t.Fatal(err)
+			}
+			if err := in(update); err != nil {
+				t.Fatal(err)
+			}
+			if got := mustGet(t, tbl, f); got.TCPState != TCPStateEstablished {
+				t.Errorf("created without state: state %d, want ESTABLISHED (%d)", got.TCPState, TCPStateEstablished)
+			}
+		})
+	}
+}

@@ -245,7 +245,7 @@ func TestFailoverKeepsMirroredConnections(t *testing.T) {
 		flows := l.openFlows(flowCount)
 		if mirror {
 			l.waitMirrorAgrees(active, standby, flowCount)
-			l.checkStandbyTimeouts(standby)
+			l.checkStandbyEntries(standby)
 		} else {
 			time.Sleep(time.Second) // the same age as mirrored flows
 		}
@@ -399,20 +399,26 @@ func (l *lab) refusedChangesNothing(d *labnet.Device) {
 	}
 }
 
-var ctTimeoutRE = regexp.MustCompile(`(?m)^tcp\s+6\s+(\d+)\s+ESTABLISHED\s.*dport=3306 `)
+var ctEntryRE = regexp.MustCompile(`(?m)^tcp\s+6\s+(\d+)\s+(\S+)\s.*dport=3306 `)
 
-// checkStandbyTimeouts: the standby holds mirrored established connections with the
-// state's full timeout, not the few minutes the active's timer had left when it mirrored
-// them, so a quiet connection does not expire on the standby.
-func (l *lab) checkStandbyTimeouts(d *labnet.Device) {
+// checkStandbyEntries: the standby holds the mirrored connections (long-lived, all
+// established) in state ESTABLISHED — not NONE, which an update event for a status change
+// would leave if its missing state were taken for one — and with the state's full timeout,
+// not the few minutes the active's timer had left when it mirrored them, so a quiet
+// connection does not expire on the standby.
+func (l *lab) checkStandbyEntries(d *labnet.Device) {
 	l.t.Helper()
 	out, err := exec.Command("ip", "netns", "exec", d.NS, "conntrack", "-L", "-p", "tcp").CombinedOutput()
 	if err != nil {
 		l.t.Fatalf("conntrack -L on %s: %v: %s", d.Name, err, out)
 	}
 	n := 0
-	for _, m := range ctTimeoutRE.FindAllStringSubmatch(string(out), -1) {
+	for _, m := range ctEntryRE.FindAllStringSubmatch(string(out), -1) {
 		n++
+		if m[2] != "ESTABLISHED" {
+			l.t.Errorf("%s holds a mirrored connection in state %s, want ESTABLISHED:\n%s", d.Name, m[2], m[0])
+			return
+		}
 		if t, _ := strconv.Atoi(m[1]); t < 400000 {
 			l.t.Errorf("%s holds a mirrored established connection with %d s left, want the full established timeout:\n%s", d.Name, t, m[0])
 			return

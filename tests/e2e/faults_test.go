@@ -114,6 +114,7 @@ func TestFaultRepeatedFailover(t *testing.T) {
 		// active; the sync's updates (state, "be liberal") land in batches just after the
 		// rows match. A failover before they land is the known gap in the closing note.
 		time.Sleep(time.Second)
+		l.checkStandbyEntries(standby)
 	}
 	l.antiEntropy(active, standby, flowCount)
 	out := settle(flows)
