@@ -12,7 +12,10 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // loop is the state of a running Machine. It is owned by the goroutine of Run: every field
@@ -42,7 +45,8 @@ type loop struct {
 	failovers   uint64
 	lastErr     string
 
-	seq                            uint64
+	seq                            *atomic.Uint64 // shared with the pacer
+	pacer                          *pacer         // nil with a fake clock
 	buf                            []byte
 	lastAdvert                     advert
 	sent, received, missed, reject uint64
@@ -136,7 +140,7 @@ func newLoop(m *Machine) *loop {
 	m.mu.Lock()
 	cfg := m.cfg
 	m.mu.Unlock()
-	return &loop{
+	l := &loop{
 		m:           m,
 		logger:      m.logger,
 		cfg:         cfg,
@@ -149,7 +153,12 @@ func newLoop(m *Machine) *loop {
 		since:       m.clock.Now(),
 		reason:      "starting",
 		lastAdvert:  advert{state: StateOffline},
+		seq:         new(atomic.Uint64),
 	}
+	if m.pace {
+		l.pacer = &pacer{seq: l.seq, logger: l.logger}
+	}
+	return l
 }
 
 // run handles events until ctx ends.
@@ -160,6 +169,9 @@ func (l *loop) run(ctx context.Context) {
 		"listen", l.cfg.Listen, "peers", l.cfg.Peers)
 	for _, a := range l.cfg.Listen {
 		l.startListener(ctx, a)
+	}
+	if l.pacer != nil {
+		l.wg.Go(func() { l.pacer.run(ctx) })
 	}
 	now := l.m.clock.Now()
 	l.standalone(now)
@@ -213,8 +225,15 @@ func (l *loop) shutdown() {
 }
 
 func (l *loop) onEvent(ctx context.Context, ev event, now time.Time) {
+	if l.apply(ev, now) {
+		l.evaluate(ctx, now)
+	}
+}
+
+// apply takes in one event from a listener and says whether it was current.
+func (l *loop) apply(ev event, now time.Time) bool {
 	if lst, ok := l.listeners[ev.addr]; !ok || lst.gen != ev.gen {
-		return // from a listener that was stopped by Reconfigure
+		return false // from a listener that was stopped by Reconfigure
 	}
 	switch ev.kind {
 	case evBound:
@@ -229,7 +248,48 @@ func (l *loop) onEvent(ctx context.Context, ev event, now time.Time) {
 	case evDatagram:
 		l.onDatagram(ev, now)
 	}
-	l.evaluate(ctx, now)
+	return true
+}
+
+// late says whether the peer's heartbeats have arrived but not yet been read: when the
+// daemon is starved of CPU, the tick that finds the peer silent can run before the
+// listeners. Datagrams already read are taken in; one still waiting in a socket defers the
+// verdict to its delivery. The deferral is bounded by twice the timeout, so that a stream
+// of datagrams that are not the peer's cannot hold a failover off.
+func (l *loop) late(now time.Time) bool {
+	for {
+		select {
+		case ev := <-l.events:
+			l.apply(ev, now)
+			continue
+		default:
+		}
+		break
+	}
+	if now.Sub(l.peer.lastHeard) < l.cfg.Timeout {
+		return true
+	}
+	if now.Sub(l.peer.lastHeard) >= 2*l.cfg.Timeout {
+		return false
+	}
+	for _, c := range l.conns {
+		if datagramWaiting(c) {
+			return true
+		}
+	}
+	return false
+}
+
+// datagramWaiting asks the kernel whether a datagram is queued on c. It does not read, so
+// it does not contend with the listener's read.
+func datagramWaiting(c *net.UDPConn) bool {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+	return cerr == nil && err == nil && n > 0
 }
 
 func (l *loop) onDatagram(ev event, now time.Time) {
@@ -306,6 +366,11 @@ func (l *loop) view(now time.Time) view {
 // hook call is already in flight (the next evaluation after it returns will see).
 func (l *loop) evaluate(ctx context.Context, now time.Time) {
 	v := l.view(now)
+	if l.peerAlive && !v.peer.alive && l.late(now) {
+		if v = l.view(now); !v.peer.alive {
+			return // a heartbeat is waiting to be read; its delivery evaluates again
+		}
+	}
 	if v.peer.alive != l.peerAlive {
 		l.peerAlive = v.peer.alive
 		if v.peer.alive {
@@ -458,8 +523,7 @@ func (l *loop) send() {
 	if len(targets) == 0 || len(l.conns) == 0 {
 		return
 	}
-	l.seq++
-	hb := heartbeat{Name: l.cfg.Device, State: a.state, Yield: a.yield, BootID: l.m.bootID, Seq: l.seq}
+	hb := heartbeat{Name: l.cfg.Device, State: a.state, Yield: a.yield, BootID: l.m.bootID, Seq: l.seq.Add(1)}
 	if l.cfg.Payload != nil {
 		hb.Payload = l.cfg.Payload()
 	}
@@ -477,10 +541,18 @@ func (l *loop) send() {
 		l.payloadErrLogged = false
 	}
 	l.buf = b
+	var round *pacedRound
+	if l.pacer != nil {
+		round = &pacedRound{hb: hb, interval: l.cfg.Interval}
+		round.hb.Payload = bytes.Clone(hb.Payload)
+	}
 	for _, to := range targets {
 		c := l.connFor(to)
 		if c == nil {
 			continue
+		}
+		if round != nil {
+			round.sends = append(round.sends, pacedSend{conn: c, to: to})
 		}
 		if _, err := c.WriteToUDPAddrPort(b, to); err != nil {
 			if !l.sendFailing[to] {
@@ -495,6 +567,16 @@ func (l *loop) send() {
 		}
 		l.sent++
 	}
+	if round != nil {
+		l.pacer.sentRound(round, time.Now())
+	}
+}
+
+func (l *loop) pacedSent() uint64 {
+	if l.pacer == nil {
+		return 0
+	}
+	return l.pacer.sent.Load()
 }
 
 // connFor picks the bound socket to send to a peer address from: same address family, the
@@ -533,7 +615,7 @@ func (l *loop) publish() {
 		Device: l.cfg.Device, State: l.state, Since: l.since, Reason: l.reason, Yielding: l.yielding,
 		Peer: p.name, PeerAddr: p.addr, PeerState: p.state, PeerLastHeard: p.lastHeard,
 		PeerAlive: l.peerAlive, PeerYielding: p.yielding, PeerPayload: p.payload,
-		HeartbeatsSent: l.sent, HeartbeatsReceived: l.received, HeartbeatsMissed: l.missed,
+		HeartbeatsSent: l.sent + l.pacedSent(), HeartbeatsReceived: l.received, HeartbeatsMissed: l.missed,
 		HeartbeatsRejected: l.reject, Transitions: l.transitions, Failovers: l.failovers,
 		LastHookError: l.lastErr,
 	}

@@ -70,6 +70,7 @@ type Machine struct {
 	clock  clock
 	bootID uint64
 	retry  time.Duration // between attempts to bind a heartbeat socket
+	pace   bool          // run the pacer (real clock only: it keeps real time)
 
 	started  atomic.Bool
 	reqs     chan chan error // ForceStandby: the loop answers on the channel (buffered 1)
@@ -109,7 +110,9 @@ func newMachine(cfg Config, hooks Hooks, logger *slog.Logger, clk clock) (*Machi
 	}
 	var b [8]byte
 	rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	_, realTime := clk.(realClock)
 	return &Machine{
+		pace:     realTime,
 		device:   cfg.Device,
 		hooks:    hooks,
 		logger:   logger.With("component", "failover", "device", cfg.Device),

@@ -1,0 +1,117 @@
+package failover
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func udpPair(t *testing.T) (from, to *net.UDPConn) {
+	t.Helper()
+	var conns [2]*net.UDPConn
+	for i := range conns {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c
+	}
+	return conns[0], conns[1]
+}
+
+// TestPacerRepeatsOverdueRounds: when the loop stops sending, the pacer repeats its latest
+// round every interval with increasing sequence numbers, and stops when ctx ends.
+func TestPacerRepeatsOverdueRounds(t *testing.T) {
+	from, to := udpPair(t)
+	seq := new(atomic.Uint64)
+	seq.Store(41)
+	p := &pacer{seq: seq, logger: slog.New(slog.DiscardHandler)}
+	round := &pacedRound{
+		hb:       heartbeat{Name: "lb1", State: StateActive, BootID: 7, Payload: []byte("digest")},
+		interval: 10 * time.Millisecond,
+		sends:    []pacedSend{{conn: from, to: to.LocalAddr().(*net.UDPAddr).AddrPort()}},
+	}
+	p.sentRound(round, time.Now())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { p.run(ctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	buf := make([]byte, maxHeartbeatLen)
+	last := uint64(41)
+	for i := range 5 {
+		if err := to.SetReadDeadline(time.Now().Add(5 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, err := to.Read(buf)
+		if err != nil {
+			t.Fatalf("heartbeat %d: %v", i, err)
+		}
+		hb, err := decodeHeartbeat(buf[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hb.Name != "lb1" || hb.State != StateActive || hb.BootID != 7 || string(hb.Payload) != "digest" || hb.Seq <= last {
+			t.Fatalf("heartbeat %d = %+v, want the round repeated with a sequence number above %d", i, hb, last)
+		}
+		last = hb.Seq
+	}
+	if got := p.sent.Load(); got < 5 {
+		t.Errorf("sent = %d, want at least 5", got)
+	}
+}
+
+// TestPacerQuietWhileLoopSends: a round the loop sent less than an interval ago is not repeated.
+func TestPacerQuietWhileLoopSends(t *testing.T) {
+	from, to := udpPair(t)
+	p := &pacer{seq: new(atomic.Uint64), logger: slog.New(slog.DiscardHandler)}
+	round := &pacedRound{
+		hb:       heartbeat{Name: "lb1", State: StateStandby, BootID: 7},
+		interval: time.Hour,
+		sends:    []pacedSend{{conn: from, to: to.LocalAddr().(*net.UDPAddr).AddrPort()}},
+	}
+	p.sentRound(round, time.Now())
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	p.run(ctx) // returns within half an interval of ctx's end
+	if got := p.sent.Load(); got != 0 {
+		t.Errorf("sent = %d while the loop is on time, want 0", got)
+	}
+}
+
+// TestDatagramWaiting: the kernel's queue is seen without reading from it.
+func TestDatagramWaiting(t *testing.T) {
+	from, to := udpPair(t)
+	if datagramWaiting(to) {
+		t.Fatal("datagram waiting on a fresh socket")
+	}
+	if _, err := from.WriteToUDPAddrPort([]byte("hb"), to.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !datagramWaiting(to) {
+		if time.Now().After(deadline) {
+			t.Fatal("datagram sent but not seen waiting")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if datagramWaiting(to) != true {
+		t.Fatal("looking consumed the datagram")
+	}
+	buf := make([]byte, 16)
+	if _, _, err := to.ReadFromUDPAddrPort(buf); err != nil {
+		t.Fatal(err)
+	}
+	if datagramWaiting(to) {
+		t.Error("datagram still waiting after it was read")
+	}
+}
