@@ -437,3 +437,23 @@ func TestSenderBackChannel(t *testing.T) {
 	waitFor(t, testTimeout, func() bool { return errors.Is(s.Stats().LastError, ErrProtocol) },
 		func() string { return fmt.Sprintf("%+v", s.Stats()) })
 }
+
+// TestKernelCheckRefreshes: a kernel check rewrites the held entries whose timer runs low
+// (the active restarts its timers with every packet, without an event) and leaves the others.
+func TestKernelCheckRefreshes(t *testing.T) {
+	checkGoroutines(t)
+	p := newAEPair(t, newTruth(flows(0, 200)...), 200*time.Millisecond, true) // testFlow(i) has i seconds left
+	low, high := testFlow(10).Key(), testFlow(100).Key()
+	lowBefore, highBefore := p.table.injectCount(low), p.table.injectCount(high)
+	waitFor(t, testTimeout, func() bool {
+		return p.table.injectCount(low) > lowBefore+1 && p.r.Stats().Refreshed >= 120
+	}, func() string {
+		return fmt.Sprintf("flow with 10 s left written %d times since, stats %+v", p.table.injectCount(low)-lowBefore, p.r.Stats())
+	})
+	if n := p.table.injectCount(high) - highBefore; n != 0 {
+		t.Errorf("flow with 100 s left rewritten %d times, want 0", n)
+	}
+	if st := p.r.Stats(); st.DriftDetected != 0 || st.ResyncsRequested != 0 {
+		t.Errorf("refreshing looked like drift: %+v", st)
+	}
+}

@@ -98,10 +98,18 @@ func (q *queue) release(b batch) {
 		delete(b.index, b.items[i].key)
 	}
 	clear(b.items)
+	if cap(b.items) > maxSpare {
+		return // a burst's buffers: give their memory back rather than keep it for the next
+	}
 	q.mu.Lock()
 	q.spareItems, q.spareIndex = b.items[:0], b.index
 	q.mu.Unlock()
 }
+
+// maxSpare is the largest batch whose buffers release keeps for reuse: a batch taken in
+// steady state is far smaller, and one of a million changes after a burst would otherwise pin
+// a few hundred megabytes for good.
+const maxSpare = 1 << 16
 
 // putBack requeues changes that were taken but not written (the connection failed), ahead of
 // those queued since, skipping keys that have a newer change queued. If that would exceed max,

@@ -30,6 +30,12 @@ type ReceiverConfig struct {
 	// Receiver also notices entries that vanished from the kernel (expired, deleted by an
 	// operator), entries with another reply tuple, and entries it did not inject; see doc.go.
 	Snapshot func(ctx context.Context, fn func(Flow) error) error
+	// RefreshBelow: a kernel check (Snapshot) rewrites the held entries it finds with less
+	// than this left on their timer. The active's kernel restarts an entry's timer with every
+	// packet and tells no one, so a long-lived flow without state changes (a UDP flow above
+	// all) would otherwise expire on the standby while it lives on the active; the Table
+	// gives a rewritten entry its full timeout. Zero means 60 seconds; negative, never.
+	RefreshBelow time.Duration
 	// Logger receives the Receiver's logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -44,6 +50,7 @@ type ReceiverStats struct {
 	InjectErrors uint64         // Inject calls (or InjectBatch entries) that failed
 	DeleteErrors uint64         // Delete calls that failed (stream, stale and stray deletes)
 	StaleDeleted uint64         // flows deleted at a SyncEnd because the sync did not carry them
+	Refreshed    uint64         // held entries rewritten by a kernel check before they expired (RefreshBelow)
 	Syncs        uint64         // full syncs completed (SyncEnd received)
 	Connected    bool           // a sender is connected now
 	PeerDevice   string         // the connected (or last) sender's device name
@@ -79,6 +86,7 @@ type Receiver struct {
 	// Timing; tests shorten them.
 	readTimeout, bindRetry, writeTimeout time.Duration
 	resyncGapMin, resyncGapMax           time.Duration // see link.drift
+	refreshBelow                         time.Duration // cfg.RefreshBelow with its default; 0: never
 
 	// mu orders table writes with Forget and the kernel check, and guards the fields below.
 	mu       sync.Mutex
@@ -91,7 +99,7 @@ type Receiver struct {
 	nheld    atomic.Int64           // len(held), for Stats without mu
 
 	frames, upserts, deletes, applied, injectErrs, deleteErrs, stale, syncs atomic.Uint64
-	batches, coalesced                                                      atomic.Uint64
+	batches, coalesced, refreshed                                           atomic.Uint64
 	digests, mismatches, checks, drifts, resyncReqs, repairs, strays        atomic.Uint64
 	lastApplied, lastDrift, lastMatch                                       atomic.Int64 // unix nanoseconds
 
@@ -111,6 +119,8 @@ type Receiver struct {
 // Bounds of the resync back-off: a drift that a full sync does not cure (a flow the standby's
 // kernel refuses, say) is reported at every digest, but asks for a full sync at most after
 // these pauses, doubling from the first to the second while the drift persists.
+const defaultRefreshBelow = time.Minute
+
 const (
 	resyncGapMin = 30 * time.Second
 	resyncGapMax = 10 * time.Minute
@@ -123,7 +133,15 @@ func NewReceiver(cfg ReceiverConfig) *Receiver {
 		log = slog.New(slog.DiscardHandler)
 	}
 	bw, _ := cfg.Table.(BatchWriter)
+	refreshBelow := cfg.RefreshBelow
+	switch {
+	case refreshBelow == 0:
+		refreshBelow = defaultRefreshBelow
+	case refreshBelow < 0:
+		refreshBelow = 0
+	}
 	return &Receiver{
+		refreshBelow: refreshBelow,
 		cfg:          cfg,
 		batch:        bw,
 		log:          log.With("component", "mirror-receiver"),
@@ -171,6 +189,7 @@ func (r *Receiver) Stats() ReceiverStats {
 		InjectErrors: r.injectErrs.Load(),
 		DeleteErrors: r.deleteErrs.Load(),
 		StaleDeleted: r.stale.Load(),
+		Refreshed:    r.refreshed.Load(),
 		Syncs:        r.syncs.Load(),
 
 		Batches:   r.batches.Load(),
@@ -760,7 +779,11 @@ type checkResult struct {
 	extra          []Flow      // kernel entries not held, at most maxReport
 	changed        []packedKey // at most maxReport
 	nextra, nchang int
+	refresh        []Flow // held entries near their expiry, at most maxRefresh
 }
+
+// maxRefresh bounds the entries one kernel check rewrites; the others are found by the next.
+const maxRefresh = 1 << 16
 
 // maxReport bounds the keys a check keeps of each kind; the rest are counted, and found again
 // by the next check.
@@ -824,6 +847,8 @@ func (r *Receiver) runCheck(ctx context.Context, id uint32) checkResult {
 				if res.nchang++; len(res.changed) < maxReport {
 					res.changed = append(res.changed, d.key)
 				}
+			} else if f := &flows[d.i]; r.refreshBelow > 0 && time.Duration(f.Timeout)*time.Second < r.refreshBelow && len(res.refresh) < maxRefresh {
+				res.refresh = append(res.refresh, *f)
 			}
 		}
 		r.mu.Unlock()
@@ -914,8 +939,21 @@ func (l *link) finishCheck(res checkResult) error {
 			stray++
 		}
 	}
+	if !void {
+		// Rewritten only if still held as dumped: a Delete or a newer upsert since wins.
+		res.refresh = slices.DeleteFunc(res.refresh, func(f Flow) bool {
+			fam, _ := flowFamily(&f)
+			k := packKey(f.Proto, fam, f.Orig)
+			_, touched := r.touched[k]
+			e, held := r.held.get(&k)
+			return touched || !held || e.hash != flowHash(&k, f.Reply)
+		})
+	}
 	r.touched = nil
 	r.mu.Unlock()
+	if !void && len(res.refresh) > 0 {
+		l.refresh(res.refresh)
+	}
 	switch {
 	case res.err != nil:
 		r.log.Warn("kernel table check failed", slog.Any("err", res.err))
@@ -955,6 +993,24 @@ func (l *link) finishCheck(res checkResult) error {
 		r.resyncGap = 0
 	}
 	return nil
+}
+
+// refresh rewrites held entries near their expiry, as upserts that change nothing but the
+// timer.
+func (l *link) refresh(flows []Flow) {
+	r := l.r
+	l.flush()
+	for i := range flows {
+		if l.batch.add(&flows[i]) {
+			r.coalesced.Add(1)
+		}
+		if l.batch.full() {
+			l.flush()
+		}
+	}
+	l.flush()
+	r.refreshed.Add(uint64(len(flows)))
+	r.log.Debug("entries near their expiry rewritten", "flows", len(flows))
 }
 
 // tableError logs a failed table write with its flow, at most logBurst times a second: a

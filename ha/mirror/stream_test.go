@@ -322,6 +322,21 @@ func TestQueueKeepsTCPState(t *testing.T) {
 	}
 }
 
+// TestQueueDropsBurstBuffers: the buffers of a burst's batch are not kept for reuse.
+func TestQueueDropsBurstBuffers(t *testing.T) {
+	q := newQueue(1 << 20)
+	for i := range maxSpare + 1 {
+		f := testFlow(i)
+		fam, _ := flowFamily(&f)
+		q.push(change{op: opUpsert, key: packKey(f.Proto, fam, f.Orig), flow: f})
+	}
+	b := q.take()
+	q.release(b)
+	if q.spareItems != nil || q.spareIndex != nil {
+		t.Errorf("spare buffers of %d items kept after a burst", cap(q.spareItems))
+	}
+}
+
 // TestQueueOrder: keys go out in the order they were first queued, each with its latest value,
 // and an upsert then delete of a key coalesces to the delete.
 func TestQueueOrder(t *testing.T) {
