@@ -292,8 +292,9 @@ func (s *Sender) serve(ctx context.Context, conn net.Conn) error {
 	err := s.stream(ctx, enc)
 	conn.Close()
 	wg.Wait()
-	if cause := context.Cause(ctx); cause != nil {
-		// A write failure is usually the symptom of what the reader (or ctx) saw.
+	if cause := context.Cause(ctx); cause != nil && !(err != nil && errors.Is(cause, net.ErrClosed)) {
+		// A write failure is usually the symptom of what the reader (or ctx) saw; but a
+		// reader that failed because the stream closed the connection saw only that.
 		err = cause
 	}
 	return err
