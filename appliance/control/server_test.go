@@ -36,9 +36,10 @@ func (c *core) Load(context.Context) error { return nil }
 func (c *core) Connections(context.Context, tmsh.ConnFilter, func(tmsh.Connection) error) error {
 	return nil
 }
-func (c *core) Failover() tmsh.FailoverStatus            { return tmsh.FailoverStatus{} }
-func (c *core) ForceStandby(context.Context) error       { return nil }
-func (c *core) ConfigSync(context.Context, string) error { return nil }
+func (c *core) DeleteConnections(context.Context, tmsh.ConnFilter) (int, error) { return 0, nil }
+func (c *core) Failover() tmsh.FailoverStatus                                   { return tmsh.FailoverStatus{} }
+func (c *core) ForceStandby(context.Context) error                              { return nil }
+func (c *core) ConfigSync(context.Context, string) error                        { return nil }
 
 // TestExec runs commands over a real unix socket and checks output, trailers and status.
 func TestExec(t *testing.T) {

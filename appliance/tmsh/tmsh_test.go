@@ -49,10 +49,23 @@ func (f *fakeCore) Connections(_ context.Context, flt ConnFilter, fn func(Connec
 	}
 	return nil
 }
+func (f *fakeCore) DeleteConnections(_ context.Context, flt ConnFilter) (int, error) {
+	kept := f.conns[:0:0]
+	n := 0
+	for _, c := range f.conns {
+		if flt.Match(c) {
+			n++
+			continue
+		}
+		kept = append(kept, c)
+	}
+	f.conns = kept
+	return n, nil
+}
 func (f *fakeCore) Failover() FailoverStatus {
 	return FailoverStatus{Device: "lb1", State: "Active", Since: time.Date(2026, 11, 23, 19, 0, 0, 0, time.UTC), Reason: "peer lb2 heartbeat lost",
 		Peer: "lb2", PeerState: "Standby", PeerAlive: true, LocalAddress: "192.168.77.2:1026", PeerAddress: "192.168.77.3:1026",
-		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1"}
+		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1", NetTimeout: 500 * time.Millisecond}
 }
 func (f *fakeCore) ForceStandby(context.Context) error               { return fmt.Errorf("not active") }
 func (f *fakeCore) ConfigSync(_ context.Context, group string) error { return nil }
