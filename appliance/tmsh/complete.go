@@ -291,7 +291,7 @@ func (c completer) afterTarget(v *verb, t target, rest []Node) []Candidate {
 	}
 	// list, delete, show, reset-stats: names, then options.
 	out := c.props(t.opts, rest, true)
-	if t.kind != nil && !expectsValue(t.opts, rest) {
+	if named, _ := walkProps(t.opts, rest); t.kind != nil && len(named) == 0 {
 		out = append(c.names(t.kind), out...)
 	}
 	return out
@@ -318,12 +318,6 @@ func (c completer) names(k *kind) []Candidate {
 		out = append(out, Candidate{Word: word, Help: k.component + " " + displayFull(k, n), Group: "object"})
 	}
 	return out
-}
-
-// expectsValue reports whether the last word of rest is an option that takes a value.
-func expectsValue(specs []prop, rest []Node) bool {
-	_, pending := walkProps(specs, rest)
-	return pending != nil
 }
 
 // walkProps reads property words and their values; it returns the properties named and,

@@ -136,7 +136,7 @@ func quit(*Interpreter, context.Context, *Session, []Node, io.Writer) error { re
 // runTargets are what run takes; their options are the words after the component.
 var runTargets = []target{
 	{module: "cm", component: "config-sync", help: "push the shared configuration to a device group",
-		opts: []prop{refProp("to-group", "the device group to push to", "cm device-group")}},
+		opts: []prop{{name: "to-group", help: "the device group to push to", ref: "cm device-group"}}},
 	{module: "sys", component: "failover", help: "change this device's failover state",
 		opts: []prop{flagProp("standby", "make this Active device Standby")}},
 }
