@@ -14,7 +14,7 @@ package api
 
 // Paths of the control API.
 const (
-	PathExec   = "/v1/exec"
+	PathExec     = "/v1/exec"
 	PathStatus   = "/v1/status"
 	PathComplete = "/v1/complete"
 )
