@@ -25,13 +25,21 @@ func ltmPool() *kind {
 				if p.Members, err = editList(cur, key, p.Members, member, func(m config.PoolMember) string { return m.Address.String() }); err != nil {
 					return err
 				}
+			// The defaults are stored empty, so that a default typed out and one left out
+			// make the same configuration (what list prints pastes back identically).
 			case "load-balancing-mode":
 				if p.LoadBalancingMode, err = cur.oneOf(key, config.LoadBalancingModes); err != nil {
 					return err
 				}
+				if p.LoadBalancingMode == "round-robin" {
+					p.LoadBalancingMode = ""
+				}
 			case "service-down-action":
 				if p.ServiceDownAction, err = cur.oneOf(key, config.ServiceDownActions); err != nil {
 					return err
+				}
+				if p.ServiceDownAction == "none" {
+					p.ServiceDownAction = ""
 				}
 			case "slow-ramp-time":
 				w, err := cur.word(key)

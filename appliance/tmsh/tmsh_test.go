@@ -165,6 +165,18 @@ func TestRefusedCommandChangesNothing(t *testing.T) {
 // TestListRoundTrip: what list prints can be pasted back with create.
 func TestListRoundTrip(t *testing.T) {
 	in, core := newTestInterpreter(t)
+	// Properties beyond the walk-through's, and objects renamed with mv.
+	const more = `modify ltm pool /RPC/RPC_POOL_GALERA description "Galera nodes" members modify { 10.1.0.103:3306 { session user-disabled description "node 4" } }
+modify ltm virtual /RPC/RPC_VS_GALERA description "Galera VIP" disabled
+create ltm pool /RPC/P2 members add { 10.1.0.200:53 } load-balancing-mode round-robin monitor none
+mv ltm pool /RPC/P2 to /RPC/P3
+create ltm snatpool /RPC/S2 members add { 10.1.0.11 10.1.0.12 }
+create ltm virtual /RPC/VS_UDP destination /RPC/10.0.0.11:53 ip-protocol udp pool /RPC/P3 source 10.0.0.0/8 source-address-translation { type snat pool /RPC/S2 }
+mv ltm snatpool /RPC/S2 to /RPC/S3
+mv ltm virtual /RPC/VS_UDP to /RPC/VS_DNS`
+	if err := in.Exec(context.Background(), &Session{}, more, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := in.Exec(context.Background(), &Session{}, "list ltm pool /RPC/* one-line; list ltm snatpool /RPC/* one-line; list ltm virtual /RPC/* one-line", &out); err != nil {
 		t.Fatal(err)
