@@ -152,6 +152,13 @@ func TestRefusedCommandChangesNothing(t *testing.T) {
 		"modify ltm pool /RPC/RPC_POOL_GALERA members add { 10.1.0.100:3306 }",
 		"create ltm virtual /RPC/bad2 destination 10.0.0.12:80 profiles add { http }",
 		"delete auth partition RPC",
+		"mv ltm pool /RPC/RPC_POOL_GALERA to /Nope/p",
+		"mv ltm pool /RPC/RPC_POOL_GALERA to bad!name",
+		"mv ltm snatpool /RPC/RPC_SNATPOOL /RPC/RPC_SNATPOOL",
+		"mv ltm virtual /RPC/nope to /RPC/x",
+		"modify ltm virtual /RPC/RPC_VS_GALERA mirror disabled allow-service all",
+		"modify ltm pool /RPC/RPC_POOL_GALERA slow-ramp-time 5 members add { 10.1.0.100:3306 }",
+		"reset-stats ltm pool /RPC/nope",
 	} {
 		if err := in.Exec(context.Background(), &Session{}, cmd, &bytes.Buffer{}); err == nil {
 			t.Errorf("%s: succeeded, want an error", cmd)
