@@ -41,7 +41,7 @@ func (in *Interpreter) Complete(s *Session, line string, pos int) Completion {
 		return Completion{Start: pos} // inside a quoted value: free text
 	}
 	cfg := in.core.Config()
-	c := completer{s: s, cfg: &cfg}
+	c := completer{s: s, cfg: &cfg, partial: sc.partial}
 	var cands []Candidate
 	if len(sc.levels) > 1 {
 		cands = c.inBlock(sc.levels)
@@ -59,8 +59,19 @@ func (in *Interpreter) Complete(s *Session, line string, pos int) Completion {
 			out.Candidates = append(out.Candidates, cand)
 		}
 	}
+	// Groups keep the order the grammar gives them (objects before options); within a
+	// group, words sort and descriptions of free values come last.
+	rank := map[string]int{}
+	for _, cand := range out.Candidates {
+		if _, ok := rank[cand.Group]; !ok {
+			rank[cand.Group] = len(rank)
+		}
+	}
 	sort.SliceStable(out.Candidates, func(i, j int) bool {
 		a, b := out.Candidates[i], out.Candidates[j]
+		if rank[a.Group] != rank[b.Group] {
+			return rank[a.Group] < rank[b.Group]
+		}
 		if a.Hint != b.Hint {
 			return !a.Hint
 		}
@@ -147,8 +158,9 @@ func unquote(w string) string {
 }
 
 type completer struct {
-	s   *Session
-	cfg *config.Config
+	s       *Session
+	cfg     *config.Config
+	partial string // the word under the cursor
 }
 
 // words completes at the outermost level: a verb, then what the verb takes.
@@ -298,7 +310,8 @@ func (c completer) afterTarget(v *verb, t target, rest []Node) []Candidate {
 }
 
 // names are the kind's objects, as typed in the session's folder: short names of the
-// folder's objects, full paths of the others.
+// folder's objects, full paths of the others, and full paths of all once the word under
+// the cursor starts with '/'.
 func (c completer) names(k *kind) []Candidate {
 	if k == nil {
 		return nil
@@ -310,7 +323,10 @@ func (c completer) names(k *kind) []Candidate {
 	var out []Candidate
 	for _, n := range k.names(c.cfg) {
 		word := n
-		if k.partitioned {
+		switch {
+		case strings.HasPrefix(c.partial, "/"):
+			word = displayFull(k, n)
+		case k.partitioned:
 			if p, short := config.SplitPath(n); p == part {
 				word = short
 			}
