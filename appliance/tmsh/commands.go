@@ -11,8 +11,6 @@ import (
 	"github.com/openappliance/appliance/appliance/config"
 )
 
-// listOptions are the words list takes after the names.
-var listOptions = []string{"one-line", "all-properties", "non-default-properties", "recursive"}
 
 func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w io.Writer) error {
 	cfg := in.core.Config()
@@ -79,7 +77,14 @@ func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w i
 	return nil
 }
 
-func isOption(n Node) bool { return !n.IsBlock && slices.Contains(listOptions, n.Word) }
+// isOption reports whether n is one of list's options (listOptionSpecs).
+func isOption(n Node) bool {
+	if n.IsBlock {
+		return false
+	}
+	_, ok := findProp(listOptionSpecs, n.Word)
+	return ok
+}
 
 // resolveName turns a name as typed into the kind's stored name.
 func (in *Interpreter) resolveName(s *Session, k *kind, name string) string {
