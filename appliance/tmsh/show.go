@@ -194,15 +194,7 @@ func header(w *strings.Builder, title string, width int) {
 func showFailoverStatus(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "CM::Failover Status", 22)
-	color := "gray"
-	switch st.State {
-	case "Active":
-		color = "green"
-	case "Standby":
-		color = "gray"
-	case "Offline":
-		color = "red"
-	}
+	color := failoverColor(st.State)
 	active := 0
 	if st.State == "Active" {
 		active = 1
@@ -228,6 +220,30 @@ func showFailoverStatus(w io.Writer, st FailoverStatus) error {
 	return err
 }
 
+// failoverColor is the color BIG-IP gives a failover state.
+func failoverColor(state string) string {
+	switch state {
+	case "Active":
+		return "green"
+	case "Offline":
+		return "red"
+	}
+	return "gray"
+}
+
+// syncColor is the color BIG-IP gives a sync status.
+func syncColor(status string) string {
+	switch status {
+	case "Changes Pending", "Awaiting Initial Sync":
+		return "yellow"
+	case "Disconnected":
+		return "red"
+	case "Standalone":
+		return "blue"
+	}
+	return "green"
+}
+
 func showSysFailover(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "Sys::Failover", 38)
@@ -248,15 +264,7 @@ func uptime(d time.Duration) string {
 func showSyncStatus(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "CM::Sync Status", 44)
-	color := "green"
-	switch st.SyncStatus {
-	case "Changes Pending", "Awaiting Initial Sync":
-		color = "yellow"
-	case "Disconnected":
-		color = "red"
-	case "Standalone":
-		color = "blue"
-	}
+	color := syncColor(st.SyncStatus)
 	fmt.Fprintf(&b, "Color    %s\n", color)
 	fmt.Fprintf(&b, "Status   %s\n", st.SyncStatus)
 	fmt.Fprintf(&b, "Summary  %s\n", st.SyncSummary)

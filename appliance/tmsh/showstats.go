@@ -43,9 +43,28 @@ func showTargetList() []target {
 			return fn(w, in.core.Failover())
 		}
 	}
+	// withFieldFmt prints fields as name value pairs when field-fmt is given.
+	withFieldFmt := func(table func(io.Writer, FailoverStatus) error, fields func(FailoverStatus) (string, [][2]string)) showFunc {
+		return func(in *Interpreter, _ context.Context, _ *Session, args []Node, w io.Writer) error {
+			_, flags, err := statArgs(args, []prop{fieldFmtOpt})
+			if err != nil {
+				return err
+			}
+			if len(args) > len(flags) {
+				return syntaxf("%q unexpected argument", args[0].String())
+			}
+			if !flags["field-fmt"] {
+				return table(w, in.core.Failover())
+			}
+			title, f := fields(in.core.Failover())
+			return writeFields(w, title, f)
+		}
+	}
 	showEntries = []showEntry{
-		{target{module: "cm", component: "failover-status", help: "this device's failover state and its peer's heartbeats"}, statusOnly(showFailoverStatus)},
-		{target{module: "cm", component: "sync-status", help: "whether the devices' configurations agree"}, statusOnly(showSyncStatus)},
+		{target{module: "cm", component: "failover-status", help: "this device's failover state and its peer's heartbeats", opts: []prop{fieldFmtOpt}},
+			withFieldFmt(showFailoverStatus, failoverStatusFields)},
+		{target{module: "cm", component: "sync-status", help: "whether the devices' configurations agree", opts: []prop{fieldFmtOpt}},
+			withFieldFmt(showSyncStatus, syncStatusFields)},
 		{target{module: "cm", component: "traffic-group", help: "which device holds each traffic group", opts: showStatOpts}, (*Interpreter).showTrafficGroup},
 		{target{module: "ltm", component: "pool", help: "pool status and connections", kind: findKind("ltm", "pool"), opts: []prop{allPropsOpt, fieldFmtOpt, membersOpt}}, (*Interpreter).showPool},
 		{target{module: "ltm", component: "virtual", help: "virtual server status and connections", kind: findKind("ltm", "virtual"), opts: showStatOpts}, (*Interpreter).showVirtual},
@@ -403,4 +422,36 @@ func (in *Interpreter) showHAStatus(_ context.Context, _ *Session, args []Node, 
 	}
 	_, err = io.WriteString(w, b.String())
 	return err
+}
+
+// writeFields prints a field-fmt block: the object's title, then name value pairs.
+func writeFields(w io.Writer, title string, fields [][2]string) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s {\n", title)
+	for _, f := range fields {
+		fmt.Fprintf(&b, "    %s %s\n", f[0], f[1])
+	}
+	b.WriteString("}\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func failoverStatusFields(st FailoverStatus) (string, [][2]string) {
+	active := 0
+	if st.State == "Active" {
+		active = 1
+	}
+	return "cm failover-status", [][2]string{
+		{"color", failoverColor(st.State)},
+		{"status", strings.ToUpper(st.State)},
+		{"summary", fmt.Sprintf("%d/1 active", active)},
+	}
+}
+
+func syncStatusFields(st FailoverStatus) (string, [][2]string) {
+	return "cm sync-status", [][2]string{
+		{"color", syncColor(st.SyncStatus)},
+		{"status", st.SyncStatus},
+		{"summary", st.SyncSummary},
+	}
 }
