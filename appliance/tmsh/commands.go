@@ -11,7 +11,6 @@ import (
 	"github.com/openappliance/appliance/appliance/config"
 )
 
-
 func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w io.Writer) error {
 	cfg := in.core.Config()
 	var selected []*kind
