@@ -5,13 +5,18 @@
 // output, streamed as it is produced (a million-row show does not wait for the last row);
 // the outcome comes in HTTP trailers, because an error can happen after output has begun.
 //
+// POST /v1/complete with a CompleteRequest returns a CompleteResponse: what may come next at
+// the cursor, for Tab completion and the ? listing, from the same command table the
+// interpreter parses with; object names are the daemon's live ones.
+//
 // GET /v1/status returns a Status, for the shell's prompt.
 package api
 
 // Paths of the control API.
 const (
-	PathExec   = "/v1/exec"
-	PathStatus = "/v1/status"
+	PathExec     = "/v1/exec"
+	PathStatus   = "/v1/status"
+	PathComplete = "/v1/complete"
 )
 
 // Trailers of an exec response.
@@ -42,4 +47,30 @@ type Status struct {
 	Host          string `json:"host"`
 	FailoverState string `json:"failover_state"`
 	SyncStatus    string `json:"sync_status"`
+}
+
+// CompleteRequest asks what may come next at byte Pos of Line (a UTF-8 string), in the
+// session state the shell keeps.
+type CompleteRequest struct {
+	Line      string `json:"line"`
+	Pos       int    `json:"pos"`
+	Partition string `json:"partition,omitempty"`
+	Module    string `json:"module,omitempty"`
+}
+
+// CompleteResponse holds the candidates for the word that begins at byte Start of the line
+// and ends at the cursor.
+type CompleteResponse struct {
+	Start      int         `json:"start"`
+	Candidates []Candidate `json:"candidates"`
+}
+
+// Candidate is a word that may come next, with a line of help. Group says what it is
+// (command, module, component, object, property, option, value, folder). A Hint is a
+// description of a free value, such as <ip-address:port>, to show but not to insert.
+type Candidate struct {
+	Word  string `json:"word"`
+	Help  string `json:"help"`
+	Group string `json:"group"`
+	Hint  bool   `json:"hint,omitempty"`
 }

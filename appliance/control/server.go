@@ -63,6 +63,7 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+api.PathExec, s.handleExec)
 	mux.HandleFunc("GET "+api.PathStatus, s.handleStatus)
+	mux.HandleFunc("POST "+api.PathComplete, s.handleComplete)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -148,6 +149,24 @@ func isMutation(cmd string) bool {
 		}
 	}
 	return false
+}
+
+// handleComplete answers what may come next at the cursor; it only reads.
+func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
+	var req api.CompleteRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&req); err != nil {
+		http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	p, _ := r.Context().Value(ctxKey{}).(peer)
+	sess := &tmsh.Session{User: p.user, Partition: req.Partition, Module: req.Module}
+	c := s.interp.Complete(sess, req.Line, req.Pos)
+	resp := api.CompleteResponse{Start: c.Start, Candidates: make([]api.Candidate, 0, len(c.Candidates))}
+	for _, cand := range c.Candidates {
+		resp.Candidates = append(resp.Candidates, api.Candidate{Word: cand.Word, Help: cand.Help, Group: cand.Group, Hint: cand.Hint})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(resp)
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

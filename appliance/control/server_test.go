@@ -36,9 +36,10 @@ func (c *core) Load(context.Context) error { return nil }
 func (c *core) Connections(context.Context, tmsh.ConnFilter, func(tmsh.Connection) error) error {
 	return nil
 }
-func (c *core) Failover() tmsh.FailoverStatus            { return tmsh.FailoverStatus{} }
-func (c *core) ForceStandby(context.Context) error       { return nil }
-func (c *core) ConfigSync(context.Context, string) error { return nil }
+func (c *core) DeleteConnections(context.Context, tmsh.ConnFilter) (int, error) { return 0, nil }
+func (c *core) Failover() tmsh.FailoverStatus                                   { return tmsh.FailoverStatus{} }
+func (c *core) ForceStandby(context.Context) error                              { return nil }
+func (c *core) ConfigSync(context.Context, string) error                        { return nil }
 
 // TestExec runs commands over a real unix socket and checks output, trailers and status.
 func TestExec(t *testing.T) {
@@ -84,6 +85,27 @@ func TestExec(t *testing.T) {
 	_, tr = exec(api.ExecRequest{Command: "list ltm pool nope", Partition: "RPC"})
 	if got := tr.Get(api.TrailerError); got != "01020036:3: The requested pool (/RPC/nope) was not found." {
 		t.Errorf("error trailer %q", got)
+	}
+	body, _ := json.Marshal(api.CompleteRequest{Line: "list ltm po", Pos: len("list ltm po"), Partition: "RPC"})
+	resp, err := hc.Post("http://x"+api.PathComplete, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var comp api.CompleteResponse
+	err = json.NewDecoder(resp.Body).Decode(&comp)
+	resp.Body.Close()
+	if err != nil || comp.Start != len("list ltm ") || len(comp.Candidates) != 1 || comp.Candidates[0].Word != "pool" || comp.Candidates[0].Help == "" {
+		t.Errorf("complete: %+v, %v", comp, err)
+	}
+	body, _ = json.Marshal(api.CompleteRequest{Line: "modify ltm pool ", Pos: 16, Partition: "RPC"})
+	resp, err = hc.Post("http://x"+api.PathComplete, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = json.NewDecoder(resp.Body).Decode(&comp)
+	resp.Body.Close()
+	if err != nil || len(comp.Candidates) != 1 || comp.Candidates[0].Word != "p1" {
+		t.Errorf("complete names: %+v, %v", comp, err)
 	}
 	_, tr = exec(api.ExecRequest{Command: "quit"})
 	if tr.Get(api.TrailerQuit) != "1" {

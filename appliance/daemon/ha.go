@@ -448,6 +448,36 @@ func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tms
 		return fmt.Errorf("open conntrack: %w", err)
 	}
 	defer t.Close()
+	return d.eachConnection(ctx, t, f, func(_ conntrack.Flow, c tmsh.Connection) error { return fn(c) })
+}
+
+// DeleteConnections removes the kernel's entries of virtual servers that match f; see
+// tmsh.Core. Each entry is deleted as the dump reaches it, so a table of a million entries
+// is never held. On the active device the deletions reach the standby as mirrored deletes.
+func (d *Daemon) DeleteConnections(ctx context.Context, f tmsh.ConnFilter) (int, error) {
+	t, err := conntrack.Open()
+	if err != nil {
+		return 0, fmt.Errorf("open conntrack: %w", err)
+	}
+	defer t.Close()
+	n := 0
+	err = d.eachConnection(ctx, t, f, func(fl conntrack.Flow, _ tmsh.Connection) error {
+		if err := t.Delete(fl); err != nil {
+			return err
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("delete connections: %w", err)
+	}
+	d.logger.Info("connections deleted", "count", n)
+	return n, nil
+}
+
+// eachConnection dumps t and calls fn for each entry of a virtual server that matches f.
+// fn may call t's methods other than Dump.
+func (d *Daemon) eachConnection(ctx context.Context, t *conntrack.Table, f tmsh.ConnFilter, fn func(conntrack.Flow, tmsh.Connection) error) error {
 	idx := d.mirror.Load()
 	defaults := map[[2]uint8]uint32{}
 	unacked := unackedTimeout()
@@ -477,7 +507,7 @@ func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tms
 		if !f.Match(c) {
 			return nil
 		}
-		return fn(c)
+		return fn(fl, c)
 	})
 }
 

@@ -11,10 +11,7 @@ import (
 	"github.com/openappliance/appliance/appliance/config"
 )
 
-// listOptions are the words list takes after the names.
-var listOptions = []string{"one-line", "all-properties", "non-default-properties", "recursive"}
-
-func (in *Interpreter) list(ctx context.Context, s *Session, args []Node, w io.Writer) error {
+func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w io.Writer) error {
 	cfg := in.core.Config()
 	var selected []*kind
 	if len(args) == 0 || isOption(args[0]) {
@@ -79,7 +76,14 @@ func (in *Interpreter) list(ctx context.Context, s *Session, args []Node, w io.W
 	return nil
 }
 
-func isOption(n Node) bool { return !n.IsBlock && slices.Contains(listOptions, n.Word) }
+// isOption reports whether n is one of list's options (listOptionSpecs).
+func isOption(n Node) bool {
+	if n.IsBlock {
+		return false
+	}
+	_, ok := findProp(listOptionSpecs, n.Word)
+	return ok
+}
 
 // resolveName turns a name as typed into the kind's stored name.
 func (in *Interpreter) resolveName(s *Session, k *kind, name string) string {
@@ -135,13 +139,16 @@ func displayFull(k *kind, name string) string {
 	return "/Common/" + name
 }
 
-func (in *Interpreter) mutate(ctx context.Context, s *Session, verb string, args []Node) error {
+func (in *Interpreter) mutate(ctx context.Context, s *Session, verb string, args []Node, w io.Writer) error {
 	if len(args) < 2 || args[0].IsBlock || args[1].IsBlock {
 		return syntaxf("%s: expected MODULE COMPONENT NAME", verb)
 	}
 	module := strings.TrimPrefix(args[0].Word, "/")
 	if findModule(module) == "" {
 		return syntaxf("%q unexpected argument", args[0].Word)
+	}
+	if verb == "delete" && module == "sys" && args[1].Word == "connection" {
+		return in.deleteConnections(ctx, s, args[2:])
 	}
 	k := findKind(module, args[1].Word)
 	if k == nil {
@@ -173,7 +180,7 @@ func (in *Interpreter) mutate(ctx context.Context, s *Session, verb string, args
 			if err != nil {
 				return err
 			}
-			return k.create(c, name, &cursor{nodes: props})
+			return k.create(c, name, &cursor{nodes: props, specs: k.specsOf()})
 		})
 	case "modify":
 		return in.core.Update(ctx, func(c *config.Config) error {
@@ -189,7 +196,7 @@ func (in *Interpreter) mutate(ctx context.Context, s *Session, verb string, args
 				if err != nil {
 					return err
 				}
-				if err := k.modify(c, name, &cursor{nodes: props}); err != nil {
+				if err := k.modify(c, name, &cursor{nodes: props, specs: k.specsOf()}); err != nil {
 					return err
 				}
 			}
@@ -231,27 +238,6 @@ func (in *Interpreter) run(ctx context.Context, s *Session, args []Node, w io.Wr
 		return syntaxf("run cm config-sync: expected \"to-group GROUP\"")
 	}
 	return syntaxf("run: expected \"sys failover standby\" or \"cm config-sync to-group GROUP\"")
-}
-
-func (in *Interpreter) show(ctx context.Context, s *Session, args []Node, w io.Writer) error {
-	if len(args) < 2 || args[0].IsBlock || args[1].IsBlock {
-		return syntaxf("show: expected MODULE COMPONENT")
-	}
-	module, comp := strings.TrimPrefix(args[0].Word, "/"), args[1].Word
-	rest := args[2:]
-	switch module + " " + comp {
-	case "sys connection":
-		return in.showConnections(ctx, rest, w)
-	case "cm failover-status":
-		return showFailoverStatus(w, in.core.Failover())
-	case "sys failover":
-		return showSysFailover(w, in.core.Failover())
-	case "cm sync-status":
-		return showSyncStatus(w, in.core.Failover())
-	case "sys mirror":
-		return showSysMirror(w, in.core.Failover())
-	}
-	return syntaxf("%q unexpected argument", comp)
 }
 
 func wrapf(err error, format string, args ...any) error {

@@ -25,6 +25,9 @@ type Core interface {
 	// Connections calls fn for each connection-tracking entry that matches the filter,
 	// streaming: it never holds the whole table.
 	Connections(ctx context.Context, f ConnFilter, fn func(Connection) error) error
+	// DeleteConnections removes from the kernel's table every connection that matches the
+	// filter, streaming as Connections does, and returns how many it removed.
+	DeleteConnections(ctx context.Context, f ConnFilter) (int, error)
 	// Failover reports the HA state.
 	Failover() FailoverStatus
 	// ForceStandby makes an Active device Standby (run sys failover standby).
@@ -46,6 +49,7 @@ type ConnFilter struct {
 	SSServerAddr netip.Addr
 	SSServerPort uint16
 	Virtual      string
+	MinIdle      uint32 // seconds (BIG-IP's age filter)
 }
 
 // Connection is one entry of the connection table, in BIG-IP's client-side/server-side terms.

@@ -15,13 +15,17 @@ import (
 type kind struct {
 	module, component string
 	help              string
-	partitioned       bool // names are /Partition/name
-	props             []string
+	partitioned       bool     // names are /Partition/name
+	props             []string // property names; filled from specs when a kind gives specs
+	specs             []prop   // the properties with their help and values (see spec.go)
 	names             func(c *config.Config) []string
 	render            func(c *config.Config, name string) Object
 	create            func(c *config.Config, name string, p *cursor) error // nil: cannot be created
 	modify            func(c *config.Config, name string, p *cursor) error
 	remove            func(c *config.Config, name string) error // nil: cannot be deleted
+	// rename gives the object from the new name to and updates every reference to it
+	// (mv); nil: cannot be renamed.
+	rename func(c *config.Config, from, to string) error
 }
 
 func (k *kind) title() string { return k.module + " " + k.component }
@@ -48,6 +52,12 @@ var kinds []*kind
 
 func init() {
 	kinds = []*kind{authPartition(), cmDevice(), cmDeviceGroup(), ltmPool(), ltmSNATPool(), ltmVirtual(), netSelf(), netVLAN(), sysDB()}
+	for _, k := range kinds {
+		if len(k.props) == 0 {
+			k.props = propNames(k.specs)
+		}
+	}
+	buildVerbs()
 }
 
 func findKind(module, component string) *kind {
@@ -80,7 +90,7 @@ func resolveRef(name, partition string, exists func(string) bool) string {
 func authPartition() *kind {
 	return &kind{
 		module: "auth", component: "partition", help: "administrative partitions (folders) such as /RPC",
-		props: []string{"description"},
+		specs: []prop{descriptionProp},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, p := range c.Shared.Partitions {
@@ -200,7 +210,13 @@ func cmDevice() *kind {
 	}
 	return &kind{
 		module: "cm", component: "device", help: "the devices of the HA pair and their peer-facing addresses",
-		props: []string{"configsync-ip", "description", "mirror-ip", "mirror-secondary-ip", "unicast-address"},
+		specs: []prop{
+			freeProp("configsync-ip", "the address the peer pushes config syncs to; any6 for none", "<ip-address>"),
+			descriptionProp,
+			freeProp("mirror-ip", "the address connection mirroring uses (TCP 1028); any6 for none", "<ip-address>"),
+			freeProp("mirror-secondary-ip", "the mirroring address used when mirror-ip is unreachable", "<ip-address>"),
+			listProp("unicast-address", "the addresses heartbeats go to (UDP 1026)", "<ip-address>"),
+		},
 		names: func(c *config.Config) []string {
 			out := []string{c.Local.Device.Name}
 			for _, p := range c.Local.Peers {
@@ -301,7 +317,13 @@ func cmDeviceGroup() *kind {
 	}
 	return &kind{
 		module: "cm", component: "device-group", help: "device groups: a sync-failover group makes an HA pair",
-		props: []string{"auto-sync", "description", "devices", "network-failover", "type"},
+		specs: []prop{
+			enabledProp("auto-sync", "push every change to the group's other devices"),
+			descriptionProp,
+			listProp("devices", "the devices of the group", "<device>"),
+			enabledProp("network-failover", "decide failover from heartbeats over the network"),
+			enumProp("type", "sync-failover makes an HA pair; sync-only only shares configuration", config.DeviceGroupTypes...),
+		},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, g := range c.Local.DeviceGroups {
@@ -362,7 +384,7 @@ func netVLAN() *kind {
 	}
 	return &kind{
 		module: "net", component: "vlan", help: "VLANs: names over the Linux interfaces that carry them",
-		props: []string{"description", "interfaces"},
+		specs: []prop{descriptionProp, listProp("interfaces", "the Linux interfaces that carry the VLAN", "<interface>")},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, v := range c.Local.VLANs {
@@ -435,7 +457,13 @@ func netSelf() *kind {
 	}
 	return &kind{
 		module: "net", component: "self", help: "self IPs: the appliance's own addresses on its VLANs",
-		props: []string{"address", "description", "traffic-group", "vlan"},
+		specs: []prop{
+			freeProp("address", "the address with its netmask", "<ip-address/prefix>"),
+			descriptionProp,
+			enumProp("traffic-group", "traffic-group-local-only stays on this device", config.TrafficGroups...),
+			{name: "vlan", help: "the VLAN the address is on", ref: "net vlan"},
+			freeProp("allow-service", "accepted for compatibility: the appliance does not filter by service", "<service>"),
+		},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, s := range c.Local.Selfs {
@@ -473,7 +501,7 @@ func netSelf() *kind {
 func sysDB() *kind {
 	return &kind{
 		module: "sys", component: "db", help: "system database variables such as failover.nettimeout",
-		props: []string{"value"},
+		specs: []prop{freeProp("value", "the variable's value", "<value>")},
 		names: func(c *config.Config) []string {
 			var out []string
 			for name := range config.DBDefaults {

@@ -25,13 +25,21 @@ func ltmPool() *kind {
 				if p.Members, err = editList(cur, key, p.Members, member, func(m config.PoolMember) string { return m.Address.String() }); err != nil {
 					return err
 				}
+			// The defaults are stored empty, so that a default typed out and one left out
+			// make the same configuration (what list prints pastes back identically).
 			case "load-balancing-mode":
 				if p.LoadBalancingMode, err = cur.oneOf(key, config.LoadBalancingModes); err != nil {
 					return err
 				}
+				if p.LoadBalancingMode == "round-robin" {
+					p.LoadBalancingMode = ""
+				}
 			case "service-down-action":
 				if p.ServiceDownAction, err = cur.oneOf(key, config.ServiceDownActions); err != nil {
 					return err
+				}
+				if p.ServiceDownAction == "none" {
+					p.ServiceDownAction = ""
 				}
 			case "slow-ramp-time":
 				w, err := cur.word(key)
@@ -64,7 +72,14 @@ func ltmPool() *kind {
 	}
 	return &kind{
 		module: "ltm", component: "pool", help: "pools: the servers a virtual server balances over", partitioned: true,
-		props: []string{"description", "load-balancing-mode", "members", "monitor", "service-down-action", "slow-ramp-time"},
+		specs: []prop{
+			descriptionProp,
+			enumProp("load-balancing-mode", "how connections are spread over the members", config.LoadBalancingModes...),
+			listProp("members", "the servers, as address:port", "<ip-address:port>"),
+			enumProp("monitor", "health monitor: none (members are not checked)", "none"),
+			enumProp("service-down-action", "what happens to connections of a member that goes down", config.ServiceDownActions...),
+			freeProp("slow-ramp-time", "seconds a member that comes up takes to reach its full share", "<seconds>"),
+		},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, p := range c.Shared.Pools {
@@ -127,6 +142,16 @@ func ltmPool() *kind {
 			c.Shared.Pools = slices.Delete(c.Shared.Pools, i, i+1)
 			return nil
 		},
+		rename: func(c *config.Config, from, to string) error {
+			p, _ := c.Shared.FindPool(from)
+			p.Name = to
+			for i := range c.Shared.Virtuals {
+				if c.Shared.Virtuals[i].Pool == from {
+					c.Shared.Virtuals[i].Pool = to
+				}
+			}
+			return nil
+		},
 	}
 }
 
@@ -186,7 +211,7 @@ func ltmSNATPool() *kind {
 	}
 	return &kind{
 		module: "ltm", component: "snatpool", help: "SNAT pools: addresses client sources are translated to", partitioned: true,
-		props: []string{"members"},
+		specs: []prop{listProp("members", "the addresses client sources are translated to", "<ip-address>")},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, p := range c.Shared.SNATPools {
@@ -216,6 +241,16 @@ func ltmSNATPool() *kind {
 			}
 			_, i := c.Shared.FindSNATPool(name)
 			c.Shared.SNATPools = slices.Delete(c.Shared.SNATPools, i, i+1)
+			return nil
+		},
+		rename: func(c *config.Config, from, to string) error {
+			p, _ := c.Shared.FindSNATPool(from)
+			p.Name = to
+			for i := range c.Shared.Virtuals {
+				if c.Shared.Virtuals[i].SNATPool == from {
+					c.Shared.Virtuals[i].SNATPool = to
+				}
+			}
 			return nil
 		},
 	}
@@ -347,7 +382,25 @@ func ltmVirtual() *kind {
 	}
 	return &kind{
 		module: "ltm", component: "virtual", help: "virtual servers: addresses that clients connect to", partitioned: true,
-		props: []string{"description", "destination", "disabled", "enabled", "ip-protocol", "mask", "mirror", "pool", "profiles", "source", "source-address-translation", "translate-address", "translate-port", "vs-index"},
+		specs: []prop{
+			descriptionProp,
+			freeProp("destination", "the address and port clients connect to", "<ip-address:port>"),
+			flagProp("disabled", "stop accepting new connections"),
+			flagProp("enabled", "accept connections"),
+			enumProp("ip-protocol", "the protocol of the virtual server", config.IPProtocols...),
+			freeProp("mask", "the netmask of the destination", "<netmask>"),
+			enabledProp("mirror", "mirror connections to the standby so they survive a failover"),
+			refProp("pool", "the pool connections are balanced over", "ltm pool"),
+			{name: "profiles", help: "the profiles: fastL4 (layer 4 forwarding)", list: true, values: config.Profiles},
+			freeProp("source", "the client addresses accepted, with their netmask", "<ip-address/prefix>"),
+			{name: "source-address-translation", help: "SNAT: translate client sources to a SNAT pool", sub: []prop{
+				enumProp("type", "snat translates to a SNAT pool; none keeps the client's address", "none", "snat"),
+				refProp("pool", "the SNAT pool", "ltm snatpool"),
+			}},
+			enabledProp("translate-address", "translate the destination to the member's address (always enabled)"),
+			enabledProp("translate-port", "translate the destination port to the member's port (always enabled)"),
+			freeProp("vs-index", "the virtual server's index", "<number>"),
+		},
 		names: func(c *config.Config) []string {
 			var out []string
 			for _, v := range c.Shared.Virtuals {
@@ -412,6 +465,12 @@ func ltmVirtual() *kind {
 		remove: func(c *config.Config, name string) error {
 			_, i := c.Shared.FindVirtual(name)
 			c.Shared.Virtuals = slices.Delete(c.Shared.Virtuals, i, i+1)
+			return nil
+		},
+		// Nothing in the configuration refers to a virtual server by name.
+		rename: func(c *config.Config, from, to string) error {
+			v, _ := c.Shared.FindVirtual(from)
+			v.Name = to
 			return nil
 		},
 	}

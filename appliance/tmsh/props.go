@@ -13,6 +13,7 @@ import (
 type cursor struct {
 	nodes []Node
 	i     int
+	specs []prop // the properties the command may name; nil: any
 }
 
 func (c *cursor) done() bool { return c.i >= len(c.nodes) }
@@ -23,6 +24,11 @@ func (c *cursor) key() (string, error) {
 	c.i++
 	if n.IsBlock {
 		return "", syntaxf("%q unexpected", n.String())
+	}
+	if c.specs != nil {
+		if _, ok := findProp(c.specs, n.Word); !ok {
+			return "", unknownProp("", n.Word)
+		}
 	}
 	return n.Word, nil
 }

@@ -61,41 +61,11 @@ func (in *Interpreter) execOne(ctx context.Context, s *Session, cmd string, w io
 	if s.Module != "" && len(args) > 0 && !args[0].IsBlock && findModule(strings.TrimPrefix(args[0].Word, "/")) == "" {
 		args = append([]Node{{Word: s.Module}}, args...)
 	}
-	switch verb {
-	case "list":
-		return in.list(ctx, s, args, w)
-	case "create", "modify", "delete":
-		return in.mutate(ctx, s, verb, args)
-	case "show":
-		return in.show(ctx, s, args, w)
-	case "run":
-		return in.run(ctx, s, args, w)
-	case "save":
-		if !isWords(args, "sys", "config") {
-			return syntaxf("save: expected \"sys config\"")
-		}
-		if err := in.core.Save(ctx); err != nil {
-			return err
-		}
-		_, err := io.WriteString(w, "Saving running configuration...\n")
-		return err
-	case "load":
-		if !isWords(args, "sys", "config") {
-			return syntaxf("load: expected \"sys config\"")
-		}
-		if err := in.core.Load(ctx); err != nil {
-			return err
-		}
-		_, err := io.WriteString(w, "Loading configuration...\n")
-		return err
-	case "cd":
-		return cd(s, args, in.core.Config())
-	case "help":
-		return help(w)
-	case "quit", "exit":
-		return ErrQuit
+	v := findVerb(verb)
+	if v == nil {
+		return syntaxf("%q unknown command", verb)
 	}
-	return syntaxf("%q unknown command", verb)
+	return v.run(in, ctx, s, args, w)
 }
 
 func isWords(nodes []Node, want ...string) bool {
@@ -141,28 +111,4 @@ func cd(s *Session, args []Node, cfg config.Config) error {
 		s.Partition, s.Module = name, ""
 	}
 	return nil
-}
-
-func help(w io.Writer) error {
-	var b strings.Builder
-	b.WriteString("Commands:\n")
-	for _, c := range commandHelp {
-		fmt.Fprintf(&b, "  %-60s %s\n", c[0], c[1])
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
-}
-
-var commandHelp = [][2]string{
-	{"list [MODULE [COMPONENT [NAME|GLOB...]]] [PROPERTY...] [one-line|all-properties]", "print configuration"},
-	{"create MODULE COMPONENT NAME PROPERTIES", "create an object"},
-	{"modify MODULE COMPONENT NAME PROPERTIES", "change an object"},
-	{"delete MODULE COMPONENT NAME...", "delete objects"},
-	{"show sys connection [type mirror|any] [FILTER VALUE...]", "print the connection table"},
-	{"show cm failover-status | show sys failover | show cm sync-status", "print HA state"},
-	{"run sys failover standby", "make this Active device Standby"},
-	{"run cm config-sync to-group GROUP", "push the shared configuration to the group"},
-	{"save sys config | load sys config", "write or re-read the configuration files"},
-	{"cd FOLDER|MODULE|..|/", "change the current folder or module"},
-	{"quit | exit", "leave the shell"},
 }

@@ -13,11 +13,27 @@ import (
 	"github.com/openappliance/appliance/appliance/config"
 )
 
-// connFilterKeys are BIG-IP's show sys connection filters.
-var connFilterKeys = []string{"cs-client-addr", "cs-client-port", "cs-server-addr", "cs-server-port",
-	"ss-client-addr", "ss-client-port", "ss-server-addr", "ss-server-port", "protocol", "type", "virtual-server"}
+// connFilterSpecs are BIG-IP's show sys connection filters (delete sys connection takes
+// the same), and its options.
+var connFilterSpecs = []prop{
+	flagProp("all-properties", "print every field of each connection"),
+	freeProp("age", "only connections idle at least this many seconds", "<seconds>"),
+	freeProp("cs-client-addr", "client-side client address", "<ip-address>"),
+	freeProp("cs-client-port", "client-side client port", "<port>"),
+	freeProp("cs-server-addr", "client-side server (virtual) address", "<ip-address>"),
+	freeProp("cs-server-port", "client-side server (virtual) port", "<port>"),
+	enumProp("protocol", "the IP protocol", "tcp", "udp"),
+	freeProp("ss-client-addr", "server-side client (SNAT) address", "<ip-address>"),
+	freeProp("ss-client-port", "server-side client (SNAT) port", "<port>"),
+	freeProp("ss-server-addr", "server-side server (pool member) address", "<ip-address>"),
+	freeProp("ss-server-port", "server-side server (pool member) port", "<port>"),
+	enumProp("type", "mirror: only mirrored connections", "any", "mirror"),
+	{name: "virtual-server", help: "only connections of this virtual server", ref: "ltm virtual"},
+}
 
-func parseConnFilter(args []Node) (ConnFilter, bool, error) {
+// parseConnFilter reads show/delete sys connection filters; a filter given in the current
+// folder's terms (virtual-server vs) is resolved in partition.
+func parseConnFilter(args []Node, partition string) (ConnFilter, bool, error) {
 	var f ConnFilter
 	all := false
 	for i := 0; i < len(args); i++ {
@@ -25,7 +41,11 @@ func parseConnFilter(args []Node) (ConnFilter, bool, error) {
 		if a.IsBlock {
 			return f, false, syntaxf("%q unexpected argument", a.String())
 		}
-		if a.Word == "all-properties" {
+		spec, ok := findProp(connFilterSpecs, a.Word)
+		if !ok {
+			return f, false, syntaxf("%q unexpected argument", a.Word)
+		}
+		if !spec.takesValue() {
 			all = true
 			continue
 		}
@@ -53,6 +73,12 @@ func parseConnFilter(args []Node) (ConnFilter, bool, error) {
 			default:
 				return f, false, syntaxf("protocol: %q must be tcp or udp", v)
 			}
+		case "age":
+			n, perr := strconv.ParseUint(v, 10, 32)
+			if perr != nil {
+				return f, false, syntaxf("age: %q must be a number of seconds", v)
+			}
+			f.MinIdle = uint32(n)
 		case "cs-client-addr":
 			f.CSClientAddr, err = parseAddr(a.Word, v)
 		case "cs-server-addr":
@@ -70,9 +96,7 @@ func parseConnFilter(args []Node) (ConnFilter, bool, error) {
 		case "ss-server-port":
 			f.SSServerPort, err = parseFilterPort(a.Word, v)
 		case "virtual-server":
-			f.Virtual = config.FullPath(v, "")
-		default:
-			return f, false, syntaxf("%q unexpected argument", a.Word)
+			f.Virtual = config.FullPath(v, partition)
 		}
 		if err != nil {
 			return f, false, err
@@ -102,7 +126,8 @@ func (f ConnFilter) Match(c Connection) bool {
 		f.SSClientPort != 0 && f.SSClientPort != c.SSClient.Port(),
 		f.SSServerAddr.IsValid() && f.SSServerAddr != c.SSServer.Addr(),
 		f.SSServerPort != 0 && f.SSServerPort != c.SSServer.Port(),
-		f.Virtual != "" && f.Virtual != c.Virtual:
+		f.Virtual != "" && f.Virtual != c.Virtual,
+		f.MinIdle != 0 && c.Idle < f.MinIdle:
 		return false
 	}
 	return true
@@ -123,8 +148,8 @@ func ProtocolName(p uint8) string {
 // BIG-IP fills with its tmm number has no Linux equivalent (the kernel does not pin a flow to
 // a CPU), so it reads "(tmm: none)"; the acceleration column gives the Linux flowtable
 // offload state. Rows stream out as the kernel's table is read.
-func (in *Interpreter) showConnections(ctx context.Context, args []Node, w io.Writer) error {
-	f, all, err := parseConnFilter(args)
+func (in *Interpreter) showConnections(ctx context.Context, s *Session, args []Node, w io.Writer) error {
+	f, all, err := parseConnFilter(args, s.Partition)
 	if err != nil {
 		return err
 	}
@@ -169,15 +194,7 @@ func header(w *strings.Builder, title string, width int) {
 func showFailoverStatus(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "CM::Failover Status", 22)
-	color := "gray"
-	switch st.State {
-	case "Active":
-		color = "green"
-	case "Standby":
-		color = "gray"
-	case "Offline":
-		color = "red"
-	}
+	color := failoverColor(st.State)
 	active := 0
 	if st.State == "Active" {
 		active = 1
@@ -203,6 +220,30 @@ func showFailoverStatus(w io.Writer, st FailoverStatus) error {
 	return err
 }
 
+// failoverColor is the color BIG-IP gives a failover state.
+func failoverColor(state string) string {
+	switch state {
+	case "Active":
+		return "green"
+	case "Offline":
+		return "red"
+	}
+	return "gray"
+}
+
+// syncColor is the color BIG-IP gives a sync status.
+func syncColor(status string) string {
+	switch status {
+	case "Changes Pending", "Awaiting Initial Sync":
+		return "yellow"
+	case "Disconnected":
+		return "red"
+	case "Standalone":
+		return "blue"
+	}
+	return "green"
+}
+
 func showSysFailover(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "Sys::Failover", 38)
@@ -223,15 +264,7 @@ func uptime(d time.Duration) string {
 func showSyncStatus(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "CM::Sync Status", 44)
-	color := "green"
-	switch st.SyncStatus {
-	case "Changes Pending", "Awaiting Initial Sync":
-		color = "yellow"
-	case "Disconnected":
-		color = "red"
-	case "Standalone":
-		color = "blue"
-	}
+	color := syncColor(st.SyncStatus)
 	fmt.Fprintf(&b, "Color    %s\n", color)
 	fmt.Fprintf(&b, "Status   %s\n", st.SyncStatus)
 	fmt.Fprintf(&b, "Summary  %s\n", st.SyncSummary)

@@ -49,10 +49,23 @@ func (f *fakeCore) Connections(_ context.Context, flt ConnFilter, fn func(Connec
 	}
 	return nil
 }
+func (f *fakeCore) DeleteConnections(_ context.Context, flt ConnFilter) (int, error) {
+	kept := f.conns[:0:0]
+	n := 0
+	for _, c := range f.conns {
+		if flt.Match(c) {
+			n++
+			continue
+		}
+		kept = append(kept, c)
+	}
+	f.conns = kept
+	return n, nil
+}
 func (f *fakeCore) Failover() FailoverStatus {
 	return FailoverStatus{Device: "lb1", State: "Active", Since: time.Date(2026, 11, 23, 19, 0, 0, 0, time.UTC), Reason: "peer lb2 heartbeat lost",
 		Peer: "lb2", PeerState: "Standby", PeerAlive: true, LocalAddress: "192.168.77.2:1026", PeerAddress: "192.168.77.3:1026",
-		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1"}
+		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1", NetTimeout: 500 * time.Millisecond}
 }
 func (f *fakeCore) ForceStandby(context.Context) error               { return fmt.Errorf("not active") }
 func (f *fakeCore) ConfigSync(_ context.Context, group string) error { return nil }
@@ -139,6 +152,13 @@ func TestRefusedCommandChangesNothing(t *testing.T) {
 		"modify ltm pool /RPC/RPC_POOL_GALERA members add { 10.1.0.100:3306 }",
 		"create ltm virtual /RPC/bad2 destination 10.0.0.12:80 profiles add { http }",
 		"delete auth partition RPC",
+		"mv ltm pool /RPC/RPC_POOL_GALERA to /Nope/p",
+		"mv ltm pool /RPC/RPC_POOL_GALERA to bad!name",
+		"mv ltm snatpool /RPC/RPC_SNATPOOL /RPC/RPC_SNATPOOL",
+		"mv ltm virtual /RPC/nope to /RPC/x",
+		"modify ltm virtual /RPC/RPC_VS_GALERA mirror disabled allow-service all",
+		"modify ltm pool /RPC/RPC_POOL_GALERA slow-ramp-time 5 members add { 10.1.0.100:3306 }",
+		"reset-stats ltm pool /RPC/nope",
 	} {
 		if err := in.Exec(context.Background(), &Session{}, cmd, &bytes.Buffer{}); err == nil {
 			t.Errorf("%s: succeeded, want an error", cmd)
@@ -152,6 +172,18 @@ func TestRefusedCommandChangesNothing(t *testing.T) {
 // TestListRoundTrip: what list prints can be pasted back with create.
 func TestListRoundTrip(t *testing.T) {
 	in, core := newTestInterpreter(t)
+	// Properties beyond the walk-through's, and objects renamed with mv.
+	const more = `modify ltm pool /RPC/RPC_POOL_GALERA description "Galera nodes" members modify { 10.1.0.103:3306 { session user-disabled description "node 4" } }
+modify ltm virtual /RPC/RPC_VS_GALERA description "Galera VIP" disabled
+create ltm pool /RPC/P2 members add { 10.1.0.200:53 } load-balancing-mode round-robin monitor none
+mv ltm pool /RPC/P2 to /RPC/P3
+create ltm snatpool /RPC/S2 members add { 10.1.0.11 10.1.0.12 }
+create ltm virtual /RPC/VS_UDP destination /RPC/10.0.0.11:53 ip-protocol udp pool /RPC/P3 source 10.0.0.0/8 source-address-translation { type snat pool /RPC/S2 }
+mv ltm snatpool /RPC/S2 to /RPC/S3
+mv ltm virtual /RPC/VS_UDP to /RPC/VS_DNS`
+	if err := in.Exec(context.Background(), &Session{}, more, &bytes.Buffer{}); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := in.Exec(context.Background(), &Session{}, "list ltm pool /RPC/* one-line; list ltm snatpool /RPC/* one-line; list ltm virtual /RPC/* one-line", &out); err != nil {
 		t.Fatal(err)

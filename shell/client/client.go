@@ -77,6 +77,32 @@ func (c *Client) Exec(ctx context.Context, s *Session, command string, out io.Wr
 	return nil
 }
 
+// Complete asks the daemon what may come next at byte pos of line.
+func (c *Client) Complete(ctx context.Context, s Session, line string, pos int) (api.CompleteResponse, error) {
+	body, err := json.Marshal(api.CompleteRequest{Line: line, Pos: pos, Partition: s.Partition, Module: s.Module})
+	if err != nil {
+		return api.CompleteResponse{}, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://applianced"+api.PathComplete, bytes.NewReader(body))
+	if err != nil {
+		return api.CompleteResponse{}, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return api.CompleteResponse{}, fmt.Errorf("cannot reach applianced: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return api.CompleteResponse{}, fmt.Errorf("applianced: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	}
+	var out api.CompleteResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return api.CompleteResponse{}, fmt.Errorf("read completion: %w", err)
+	}
+	return out, nil
+}
+
 // Status returns what the prompt shows.
 func (c *Client) Status(ctx context.Context) (api.Status, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://applianced"+api.PathStatus, nil)

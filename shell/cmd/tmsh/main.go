@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/chzyer/readline"
 	"github.com/openappliance/appliance/appliance/api"
@@ -85,12 +87,20 @@ func prompt(c *client.Client, s client.Session) string {
 }
 
 func interactive(c *client.Client) int {
-	var s client.Session
+	st := &shellState{}
+	ask := func(line string, pos int) (api.CompleteResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return c.Complete(ctx, st.session(), line, pos)
+	}
+	var rl *readline.Instance
 	rl, err := readline.NewEx(&readline.Config{
-		Prompt:          prompt(c, s),
+		Prompt:          prompt(c, client.Session{}),
 		HistoryFile:     historyFile(),
 		InterruptPrompt: "^C",
 		EOFPrompt:       "quit",
+		AutoComplete:    completer{ask: ask},
+		Listener:        helpKey{ask: ask, out: func() io.Writer { return rl.Stdout() }, prompt: st.currentPrompt},
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -98,7 +108,10 @@ func interactive(c *client.Client) int {
 	}
 	defer rl.Close()
 	for {
-		rl.SetPrompt(prompt(c, s))
+		s := st.session()
+		p := prompt(c, s)
+		st.set(s, p)
+		rl.SetPrompt(p)
 		line, err := rl.Readline()
 		if errors.Is(err, readline.ErrInterrupt) {
 			continue // Ctrl-C cancels the line, not the shell
@@ -116,6 +129,7 @@ func interactive(c *client.Client) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		err = c.Exec(ctx, &s, line, rl.Stdout())
 		stop()
+		st.set(s, p)
 		if errors.Is(err, client.ErrQuit) {
 			return 0
 		}
@@ -123,6 +137,32 @@ func interactive(c *client.Client) int {
 			fmt.Fprintln(rl.Stderr(), err)
 		}
 	}
+}
+
+// shellState is the session and prompt that the command loop keeps and that completion,
+// on readline's goroutine, reads.
+type shellState struct {
+	mu     sync.Mutex
+	s      client.Session
+	prompt string
+}
+
+func (st *shellState) session() client.Session {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.s
+}
+
+func (st *shellState) currentPrompt() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.prompt
+}
+
+func (st *shellState) set(s client.Session, prompt string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.s, st.prompt = s, prompt
 }
 
 func historyFile() string {
