@@ -12,10 +12,12 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/openappliance/appliance/appliance/api"
+	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/appliance/tmsh"
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +30,10 @@ type Server struct {
 	interp *tmsh.Interpreter
 	status StatusFunc
 	logger *slog.Logger
+	// SocketGroup, when set before Serve, is the group the socket is given: its members
+	// (the users whose login shell is tmsh) may connect. The daemon still decides from each
+	// caller's credentials what it may run.
+	SocketGroup string
 }
 
 // NewServer returns a server running commands with interp.
@@ -46,8 +52,12 @@ type peer struct {
 	user string
 }
 
-// Serve listens on path (replacing a stale socket) until ctx ends.
+// Serve listens on path (replacing a stale socket) until ctx ends. The socket's folder is
+// created if missing (0755: whether one may connect is the socket's own mode and group).
 func (s *Server) Serve(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("control socket folder: %w", err)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -59,6 +69,10 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 	if err := os.Chmod(path, 0o660); err != nil {
 		ln.Close()
 		return fmt.Errorf("control socket permissions: %w", err)
+	}
+	if err := chgrp(path, s.SocketGroup); err != nil {
+		ln.Close()
+		return err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+api.PathExec, s.handleExec)
@@ -119,16 +133,21 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
+	role, err := s.roleOf(p)
 	w.Header().Set("Trailer", api.TrailerError+", "+api.TrailerPartition+", "+api.TrailerModule+", "+api.TrailerQuit)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	sess := &tmsh.Session{User: p.user, Partition: req.Partition, Module: req.Module}
-	err := s.interp.Exec(r.Context(), sess, req.Command, w)
+	sess := &tmsh.Session{User: p.user, Role: role, Partition: req.Partition, Module: req.Module}
+	if err == nil {
+		err = s.interp.Exec(r.Context(), sess, req.Command, w)
+	}
 	quit := errors.Is(err, tmsh.ErrQuit)
 	if quit {
 		err = nil
 	}
-	if err != nil {
+	if errors.Is(err, config.ErrDenied) {
+		s.logger.Warn("command refused", "user", p.user, "uid", p.uid, "role", string(role), "command", req.Command, slog.Any("err", err))
+	} else if err != nil {
 		s.logger.Info("command failed", "user", p.user, "command", req.Command, slog.Any("err", err))
 		w.Header().Set(api.TrailerError, err.Error())
 	} else if isMutation(req.Command) {
