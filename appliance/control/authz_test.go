@@ -1,9 +1,21 @@
 package control
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/openappliance/appliance/appliance/api"
 
 	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/appliance/tmsh"
@@ -48,5 +60,70 @@ func TestRoleOf(t *testing.T) {
 				t.Fatalf("roleOf = %q, %v; want %q", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// TestExecRefused runs commands over a real socket as peers the server takes for other
+// users: a refusal reaches the client as the error trailer and changes nothing.
+func TestExecRefused(t *testing.T) {
+	cfg := config.New("lb1")
+	cfg.Shared.Users = []config.User{{Name: "alice", PartitionAccess: []config.PartitionAccess{{Partition: config.AllPartitions, Role: config.RoleGuest}}}}
+	c := &core{cfg: cfg}
+	srv := NewServer(tmsh.New(c), func() (string, string, string) { return "lb1", "Active", "Standalone" }, nil)
+	var as atomic.Pointer[peer]
+	srv.identify = func(net.Conn) peer { return *as.Load() }
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, sock) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	exec := func(command string) string {
+		t.Helper()
+		body, _ := json.Marshal(api.ExecRequest{Command: command})
+		var resp *http.Response
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if resp, err = hc.Post("http://x"+api.PathExec, "application/json", bytes.NewReader(body)); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.Trailer.Get(api.TrailerError)
+	}
+	tests := []struct {
+		peer    peer
+		command string
+		want    string // the error trailer's start; "" for success
+	}{
+		{peer{uid: 64102, user: "alice"}, "list ltm pool", ""},
+		{peer{uid: 64102, user: "alice"}, "create ltm pool p1", "01070822:3: Access Denied: User (alice) with role (guest) may not run (create ltm pool p1)"},
+		{peer{uid: 64103, user: "mallory"}, "list ltm pool", "01070823:3: Access Denied: User (mallory) has no role"},
+		{peer{uid: 64101, user: "admin"}, "create ltm pool p2", ""},
+	}
+	for _, tt := range tests {
+		as.Store(&tt.peer)
+		got := exec(tt.command)
+		if (tt.want == "") != (got == "") || !strings.HasPrefix(got, tt.want) {
+			t.Errorf("%s: %q: error trailer %q, want %q", tt.peer.user, tt.command, got, tt.want)
+		}
+	}
+	if _, i := c.cfg.Shared.FindPool("/Common/p1"); i >= 0 {
+		t.Error("the refused create made pool p1")
+	}
+	if _, i := c.cfg.Shared.FindPool("/Common/p2"); i < 0 {
+		t.Error("admin's create did not make pool p2")
 	}
 }

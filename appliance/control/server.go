@@ -30,6 +30,8 @@ type Server struct {
 	interp *tmsh.Interpreter
 	status StatusFunc
 	logger *slog.Logger
+	// identify tells who is on the other end of a connection: peerOf, or a fake in tests.
+	identify func(net.Conn) peer
 	// SocketGroup, when set before Serve, is the group the socket is given: its members
 	// (the users whose login shell is tmsh) may connect. The daemon still decides from each
 	// caller's credentials what it may run.
@@ -41,7 +43,7 @@ func NewServer(interp *tmsh.Interpreter, status StatusFunc, logger *slog.Logger)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{interp: interp, status: status, logger: logger}
+	return &Server{interp: interp, status: status, logger: logger, identify: peerOf}
 }
 
 type ctxKey struct{}
@@ -81,7 +83,7 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, ctxKey{}, peerOf(c))
+			return context.WithValue(ctx, ctxKey{}, s.identify(c))
 		},
 	}
 	done := make(chan struct{})
@@ -145,12 +147,14 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 	if quit {
 		err = nil
 	}
-	if errors.Is(err, config.ErrDenied) {
+	switch {
+	case errors.Is(err, config.ErrDenied):
 		s.logger.Warn("command refused", "user", p.user, "uid", p.uid, "role", string(role), "command", req.Command, slog.Any("err", err))
-	} else if err != nil {
+		w.Header().Set(api.TrailerError, err.Error())
+	case err != nil:
 		s.logger.Info("command failed", "user", p.user, "command", req.Command, slog.Any("err", err))
 		w.Header().Set(api.TrailerError, err.Error())
-	} else if isMutation(req.Command) {
+	case isMutation(req.Command):
 		s.logger.Info("command", "user", p.user, "command", req.Command)
 	}
 	w.Header().Set(api.TrailerPartition, sess.Partition)
