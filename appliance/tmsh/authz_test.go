@@ -171,3 +171,31 @@ func contains(roles []config.Role, r config.Role) bool {
 	}
 	return false
 }
+
+// FuzzAuthUser feeds arbitrary partition-access and description values to create and
+// modify auth user: no panic, and a failing command changes nothing.
+func FuzzAuthUser(f *testing.F) {
+	f.Add("add { all-partitions { role operator } }")
+	f.Add("modify { all-partitions { role guest } }")
+	f.Add("replace-all-with { all-partitions { role admin } RPC { role guest } }")
+	f.Add("{ all-partitions { role } }")
+	f.Fuzz(func(t *testing.T, access string) {
+		core := &fakeCore{cfg: config.New("lb1")}
+		in := New(core)
+		if err := in.Exec(context.Background(), &Session{}, "create auth user bob partition-access add { all-partitions { role guest } }", &bytes.Buffer{}); err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range []string{"create auth user alice partition-access " + access, "modify auth user bob partition-access " + access} {
+			if strings.ContainsAny(access, ";\n") {
+				return // a second command may legitimately change things
+			}
+			before := core.cfg.Clone()
+			if err := in.Exec(context.Background(), &Session{}, cmd, &bytes.Buffer{}); err != nil && !reflect.DeepEqual(before, core.cfg) {
+				t.Fatalf("failed %q changed the configuration", cmd)
+			}
+			if err := core.cfg.Validate(); err != nil {
+				t.Fatalf("%q left an invalid configuration: %v", cmd, err)
+			}
+		}
+	})
+}
