@@ -191,7 +191,7 @@ func TestValidateUsers(t *testing.T) {
 		want  error // nil: valid
 	}{
 		{"operator", []User{{Name: "alice", PartitionAccess: all(RoleOperator)}}, nil},
-		{"every role", []User{{Name: "a", PartitionAccess: all(RoleAdmin)}, {Name: "o", PartitionAccess: all(RoleOperator)}, {Name: "g.x_y-z", PartitionAccess: all(RoleGuest)}}, nil},
+		{"every role", []User{{Name: "a", PartitionAccess: all(RoleAdmin)}, {Name: "o", PartitionAccess: all(RoleOperator)}, {Name: "g.x_y-z", PartitionAccess: all(RoleGuest)}, {Name: "n", PartitionAccess: all(RoleNoAccess)}}, nil},
 		{"twice", []User{{Name: "alice", PartitionAccess: all(RoleGuest)}, {Name: "alice", PartitionAccess: all(RoleAdmin)}}, ErrExists},
 		{"bad name", []User{{Name: "al ice", PartitionAccess: all(RoleGuest)}}, ErrInvalid},
 		{"leading dash", []User{{Name: "-alice", PartitionAccess: all(RoleGuest)}}, ErrInvalid},

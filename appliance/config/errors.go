@@ -52,8 +52,3 @@ func InUse(kind, name, userKind, user string) error {
 func AccessDenied(user string, role Role, command string) error {
 	return &Error{Code: "01070822:3", Msg: fmt.Sprintf("Access Denied: User (%s) with role (%s) may not run (%s)", user, role, command), Kind: ErrDenied}
 }
-
-// NoRole refuses a caller that has no auth user object (and is neither root nor admin).
-func NoRole(user string) error {
-	return &Error{Code: "01070823:3", Msg: fmt.Sprintf("Access Denied: User (%s) has no role on this device: an administrator grants one with create auth user %s partition-access add { all-partitions { role guest } }", user, user), Kind: ErrDenied}
-}

@@ -5,16 +5,18 @@ import "slices"
 // Role is what an auth user may do, named as BIG-IP names its roles.
 type Role string
 
-// The roles the appliance knows. BIG-IP has more (manager, auditor, ...); these three cover
-// who runs an HA pair: the people who change it, those who fail it over, those who look.
+// The roles the appliance knows. BIG-IP has more (manager, auditor, ...); these cover who
+// runs an HA pair: the people who change it, those who fail it over, those who look, and
+// the accounts that may log in but do nothing.
 const (
-	RoleAdmin    Role = "admin"    // everything
-	RoleOperator Role = "operator" // list and show, plus run sys failover
-	RoleGuest    Role = "guest"    // list and show only
+	RoleAdmin    Role = "admin"     // everything
+	RoleOperator Role = "operator"  // list and show, plus run sys failover
+	RoleGuest    Role = "guest"     // list and show only
+	RoleNoAccess Role = "no-access" // help and quit only: any Unix account without an auth user
 )
 
 // Roles lists the roles an auth user may be given.
-var Roles = []string{string(RoleAdmin), string(RoleOperator), string(RoleGuest)}
+var Roles = []string{string(RoleAdmin), string(RoleOperator), string(RoleGuest), string(RoleNoAccess)}
 
 // AllPartitions is BIG-IP's partition-access entry that applies to every partition.
 const AllPartitions = "all-partitions"
@@ -49,7 +51,8 @@ func (s *Shared) FindUser(name string) (*User, int) {
 }
 
 // Role returns the role of user, and false when the user has none: no auth user object
-// (other than the built-in admin) or no partition access.
+// (other than the built-in admin) or no partition access. Callers treat that as
+// RoleNoAccess: a Unix account is not an administrator until an admin makes it one.
 func (c *Config) Role(user string) (Role, bool) {
 	u, i := c.Shared.FindUser(user)
 	if i < 0 {

@@ -10,19 +10,20 @@ import (
 )
 
 // roleOf decides what the caller may do. Root, and the daemon's own user (a daemon started
-// by hand), may do everything; anyone else gets the role of their auth user object, or is
-// refused: a Unix account is not an administrator of the appliance until an admin says so.
-func (s *Server) roleOf(p peer) (config.Role, error) {
+// by hand), may do everything; anyone else gets the role of their auth user object, or
+// no-access (help and quit): a Unix account is not an administrator of the appliance until
+// an admin makes it one, as on a BIG-IP.
+func (s *Server) roleOf(p peer) config.Role {
 	if p.uid == 0 || p.uid == os.Geteuid() {
-		return config.RoleAdmin, nil
+		return config.RoleAdmin
 	}
 	if p.uid < 0 {
-		return "", config.NoRole(p.user)
+		return config.RoleNoAccess
 	}
 	if role, ok := s.interp.Role(p.user); ok {
-		return role, nil
+		return role
 	}
-	return "", config.NoRole(p.user)
+	return config.RoleNoAccess
 }
 
 // chgrp gives the socket to group; an empty group leaves the daemon's own.

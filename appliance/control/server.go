@@ -135,14 +135,12 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
-	role, err := s.roleOf(p)
+	role := s.roleOf(p)
 	w.Header().Set("Trailer", api.TrailerError+", "+api.TrailerPartition+", "+api.TrailerModule+", "+api.TrailerQuit)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	sess := &tmsh.Session{User: p.user, Role: role, Partition: req.Partition, Module: req.Module}
-	if err == nil {
-		err = s.interp.Exec(r.Context(), sess, req.Command, w)
-	}
+	err := s.interp.Exec(r.Context(), sess, req.Command, w)
 	quit := errors.Is(err, tmsh.ErrQuit)
 	if quit {
 		err = nil

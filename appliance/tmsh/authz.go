@@ -10,18 +10,24 @@ import (
 type permission int
 
 const (
-	permRead     permission = iota // list, show and moving about the shell
+	permSession  permission = iota // help and leaving the shell
+	permRead                       // list, show and moving about the shell
 	permFailover                   // run sys failover
 	permWrite                      // everything else: any change, save, load, config sync
 )
 
-// readVerbs change nothing; every other verb needs a write permission, so that a verb added
-// later is refused to guests until it is classified here.
-var readVerbs = map[string]bool{"list": true, "show": true, "cd": true, "help": true, "quit": true, "exit": true}
+// sessionVerbs touch no configuration; readVerbs read it. Every other verb needs a write
+// permission, so that a verb added later is refused to guests until it is classified here.
+var (
+	sessionVerbs = map[string]bool{"help": true, "quit": true, "exit": true}
+	readVerbs    = map[string]bool{"list": true, "show": true, "cd": true}
+)
 
 // needs classifies a command by its verb and words (after cd's implied module).
 func needs(verb string, args []Node) permission {
 	switch {
+	case sessionVerbs[verb]:
+		return permSession
 	case readVerbs[verb]:
 		return permRead
 	case verb == "run" && len(args) >= 2 && isWords(args[:2], "sys", "failover"):
@@ -31,17 +37,18 @@ func needs(verb string, args []Node) permission {
 }
 
 // allows reports whether role may run a command that needs p: admin everything, operator
-// reads and failover, guest reads only. An unknown role may do nothing.
+// reads and failover, guest reads, no-access (and any role this code does not know) help
+// and quit.
 func allows(role config.Role, p permission) bool {
 	switch role {
 	case config.RoleAdmin:
 		return true
 	case config.RoleOperator:
-		return p == permRead || p == permFailover
+		return p <= permFailover
 	case config.RoleGuest:
-		return p == permRead
+		return p <= permRead
 	}
-	return false
+	return p == permSession
 }
 
 // authorize refuses cmd when the session's role does not allow it; it runs before the

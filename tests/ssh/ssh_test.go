@@ -40,7 +40,7 @@ type account struct {
 var (
 	admin   = account{"admin", 64101}   // BIG-IP's built-in administrator: role admin without an object
 	alice   = account{"alice", 64102}   // auth user with role guest
-	mallory = account{"mallory", 64103} // a Unix account with no auth user object
+	mallory = account{"mallory", 64103} // a Unix account with no auth user object: role no-access
 )
 
 // tmshGroup may use the control socket (applianced --socket-group), as etc/install.sh sets up.
@@ -108,7 +108,8 @@ func TestSSH(t *testing.T) {
 			{alice, "modify ltm pool p1 description after", 1, nil,
 				[]string{"01070822:3", "User (alice)", "role (guest)", "(modify ltm pool p1 description after)"}},
 			{alice, "run sys failover standby", 1, nil, []string{"01070822:3", "(run sys failover standby)"}},
-			{mallory, "show sys failover", 1, nil, []string{"01070823:3", "User (mallory) has no role"}},
+			{mallory, "show sys failover", 1, nil, []string{"01070822:3", "User (mallory) with role (no-access)"}},
+			{mallory, "quit", 0, nil, nil},
 		}
 		for _, tt := range tests {
 			t.Run(tt.user.name+"/"+tt.command, func(t *testing.T) {
@@ -374,7 +375,7 @@ func (e *env) writeKeys() {
 	StrictHostKeyChecking yes
 	UpdateHostKeys no
 	BatchMode yes
-	ConnectTimeout 5
+	ConnectTimeout 15
 	ServerAliveInterval 5
 	ServerAliveCountMax 3
 	LogLevel ERROR
@@ -627,10 +628,11 @@ func (term *terminal) send(s string) {
 	}
 }
 
-// expect waits (10s at most) for re in what the terminal printed since the last match.
+// expect waits (20s at most: CI machines can be busy) for re in what the terminal printed
+// since the last match.
 func (term *terminal) expect(re *regexp.Regexp) {
 	term.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		out := term.output()
 		if loc := re.FindStringIndex(out[term.mark:]); loc != nil {
@@ -639,7 +641,7 @@ func (term *terminal) expect(re *regexp.Regexp) {
 			return
 		}
 		if time.Now().After(deadline) {
-			term.t.Fatalf("terminal: no %q within 10s; since the last match:\n%s", re, out[term.mark:])
+			term.t.Fatalf("terminal: no %q within 20s; since the last match:\n%s", re, out[term.mark:])
 		}
 		select {
 		case <-term.exited:
