@@ -4,7 +4,7 @@ BIN     := bin
 LABDIR  := /run/appliance-lab
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: build test test-unit lab lab-down bench bench-quick clean
+.PHONY: build test test-unit lab lab-down bench bench-quick clean install
 
 build:
 	$(GO) build -o $(BIN)/ ./appliance/cmd/applianced ./shell/cmd/tmsh ./tests/cmd/lab
@@ -44,6 +44,11 @@ bench-quick: build
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
 	$(GO) build -o $(BIN)/ ./tests/cmd/bench
 	$(BIN)/bench -bin $(BIN) -quick -results $(BIN)/bench-results.txt
+
+# Install on this host (root): binaries, systemd unit (watchdog), sshd drop-in, the admin
+# account with tmsh as its login shell. ADMIN_KEY=FILE.pub adds admin's SSH key.
+install: build
+	BIN=$(BIN) sh etc/install.sh
 
 clean:
 	rm -rf $(BIN)

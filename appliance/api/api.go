@@ -27,8 +27,10 @@ const (
 	TrailerQuit      = "Tmsh-Quit"      // "1" when a command was quit or exit
 )
 
-// DefaultSocket is the control socket of a daemon started without --socket.
-const DefaultSocket = "/run/applianced.sock"
+// DefaultSocket is the control socket of a daemon started without --socket, and the one
+// tmsh dials without --socket or $APPLIANCE_SOCKET. Its folder is the systemd unit's
+// RuntimeDirectory (etc/systemd/system/applianced.service).
+const DefaultSocket = "/run/applianced/control.sock"
 
 // SocketEnv names the environment variable that overrides the socket path.
 const SocketEnv = "APPLIANCE_SOCKET"

@@ -32,6 +32,7 @@ func galera() Config {
 		Pool: "/RPC/RPC_POOL_GALERA", Profiles: []string{"fastL4"}, SNATType: "snat", SNATPool: "/RPC/RPC_SNATPOOL",
 		Mirror: true, VSIndex: 1, TranslateAddress: true, TranslatePort: true,
 	}}
+	c.Shared.Users = []User{{Name: "alice", Description: "on call", PartitionAccess: []PartitionAccess{{Partition: AllPartitions, Role: RoleOperator}}}}
 	return c
 }
 
@@ -180,4 +181,65 @@ func FuzzDecodeShared(f *testing.F) {
 		_ = c.Validate()
 		_ = c.FloatingAddresses()
 	})
+}
+
+func TestValidateUsers(t *testing.T) {
+	all := func(r Role) []PartitionAccess { return []PartitionAccess{{Partition: AllPartitions, Role: r}} }
+	tests := []struct {
+		name  string
+		users []User
+		want  error // nil: valid
+	}{
+		{"operator", []User{{Name: "alice", PartitionAccess: all(RoleOperator)}}, nil},
+		{"every role", []User{{Name: "a", PartitionAccess: all(RoleAdmin)}, {Name: "o", PartitionAccess: all(RoleOperator)}, {Name: "g.x_y-z", PartitionAccess: all(RoleGuest)}, {Name: "n", PartitionAccess: all(RoleNoAccess)}}, nil},
+		{"twice", []User{{Name: "alice", PartitionAccess: all(RoleGuest)}, {Name: "alice", PartitionAccess: all(RoleAdmin)}}, ErrExists},
+		{"bad name", []User{{Name: "al ice", PartitionAccess: all(RoleGuest)}}, ErrInvalid},
+		{"leading dash", []User{{Name: "-alice", PartitionAccess: all(RoleGuest)}}, ErrInvalid},
+		{"no access", []User{{Name: "alice"}}, ErrInvalid},
+		{"unknown role", []User{{Name: "alice", PartitionAccess: all("manager")}}, ErrInvalid},
+		{"one partition", []User{{Name: "alice", PartitionAccess: []PartitionAccess{{Partition: "RPC", Role: RoleGuest}}}}, ErrInvalid},
+		{"all-partitions twice", []User{{Name: "alice", PartitionAccess: append(all(RoleGuest), all(RoleAdmin)...)}}, ErrInvalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := galera()
+			c.Shared.Users = tt.users
+			err := c.Validate()
+			if tt.want == nil && err != nil {
+				t.Fatalf("Validate: %v", err)
+			}
+			if tt.want != nil && !errors.Is(err, tt.want) {
+				t.Fatalf("Validate = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRole(t *testing.T) {
+	c := New("lb1")
+	c.Shared.Users = []User{
+		{Name: "alice", PartitionAccess: []PartitionAccess{{Partition: AllPartitions, Role: RoleGuest}}},
+		{Name: "oscar", PartitionAccess: []PartitionAccess{{Partition: AllPartitions, Role: RoleOperator}}},
+	}
+	tests := []struct {
+		user string
+		role Role
+		ok   bool
+	}{
+		{"alice", RoleGuest, true},
+		{"oscar", RoleOperator, true},
+		{"admin", RoleAdmin, true}, // built in
+		{"mallory", "", false},
+	}
+	for _, tt := range tests {
+		role, ok := c.Role(tt.user)
+		if role != tt.role || ok != tt.ok {
+			t.Errorf("Role(%q) = %q, %v; want %q, %v", tt.user, role, ok, tt.role, tt.ok)
+		}
+	}
+	// An auth user admin object overrides the built-in role.
+	c.Shared.Users = append(c.Shared.Users, User{Name: "admin", PartitionAccess: []PartitionAccess{{Partition: AllPartitions, Role: RoleGuest}}})
+	if role, _ := c.Role("admin"); role != RoleGuest {
+		t.Errorf("Role(admin) with an object = %q, want guest", role)
+	}
 }

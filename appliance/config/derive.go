@@ -32,6 +32,7 @@ func (s Shared) Clone() Shared {
 	n.Pools = cloneEach(s.Pools, func(p Pool) Pool { p.Members = slices.Clone(p.Members); return p })
 	n.SNATPools = cloneEach(s.SNATPools, func(p SNATPool) SNATPool { p.Members = slices.Clone(p.Members); return p })
 	n.Virtuals = cloneEach(s.Virtuals, func(v Virtual) Virtual { v.Profiles = slices.Clone(v.Profiles); return v })
+	n.Users = cloneEach(s.Users, func(u User) User { u.PartitionAccess = slices.Clone(u.PartitionAccess); return u })
 	return n
 }
 

@@ -11,6 +11,7 @@ var (
 	ErrExists   = errors.New("already exists")
 	ErrInvalid  = errors.New("invalid configuration")
 	ErrInUse    = errors.New("in use")
+	ErrDenied   = errors.New("access denied")
 )
 
 // Error is a configuration error worded and numbered as BIG-IP's mcpd words it, so that
@@ -44,4 +45,10 @@ func Invalid(format string, args ...any) error {
 // InUse is BIG-IP's "The Pool (/RPC/p) cannot be deleted because it is in use by a Virtual Server (/RPC/vs)."
 func InUse(kind, name, userKind, user string) error {
 	return &Error{Code: "01070265:3", Msg: fmt.Sprintf("The %s (%s) cannot be deleted because it is in use by a %s (%s).", kind, name, userKind, user), Kind: ErrInUse}
+}
+
+// AccessDenied is the refusal of a command that the user's role does not allow, in the
+// words of BIG-IP's "01070822:3: Access Denied: User (alice) may not ...".
+func AccessDenied(user string, role Role, command string) error {
+	return &Error{Code: "01070822:3", Msg: fmt.Sprintf("Access Denied: User (%s) with role (%s) may not run (%s)", user, role, command), Kind: ErrDenied}
 }

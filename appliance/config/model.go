@@ -43,6 +43,7 @@ type Shared struct {
 	Pools      []Pool      `toml:"pool,omitempty"`
 	SNATPools  []SNATPool  `toml:"snatpool,omitempty"`
 	Virtuals   []Virtual   `toml:"virtual,omitempty"`
+	Users      []User      `toml:"user,omitempty"`
 }
 
 // Device is a cm device: this appliance or its peer, with the addresses the HA channels use.

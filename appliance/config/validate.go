@@ -226,7 +226,7 @@ func (c *Config) validateShared() error {
 		}
 		indexes[v.VSIndex] = v.Name
 	}
-	return nil
+	return validateUsers(s.Users)
 }
 
 func validatePool(p *Pool) error {

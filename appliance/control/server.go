@@ -12,10 +12,12 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/openappliance/appliance/appliance/api"
+	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/appliance/tmsh"
 	"golang.org/x/sys/unix"
 )
@@ -28,6 +30,12 @@ type Server struct {
 	interp *tmsh.Interpreter
 	status StatusFunc
 	logger *slog.Logger
+	// identify tells who is on the other end of a connection: peerOf, or a fake in tests.
+	identify func(net.Conn) peer
+	// SocketGroup, when set before Serve, is the group the socket is given: its members
+	// (the users whose login shell is tmsh) may connect. The daemon still decides from each
+	// caller's credentials what it may run.
+	SocketGroup string
 }
 
 // NewServer returns a server running commands with interp.
@@ -35,7 +43,7 @@ func NewServer(interp *tmsh.Interpreter, status StatusFunc, logger *slog.Logger)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{interp: interp, status: status, logger: logger}
+	return &Server{interp: interp, status: status, logger: logger, identify: peerOf}
 }
 
 type ctxKey struct{}
@@ -46,8 +54,12 @@ type peer struct {
 	user string
 }
 
-// Serve listens on path (replacing a stale socket) until ctx ends.
+// Serve listens on path (replacing a stale socket) until ctx ends. The socket's folder is
+// created if missing (0755: whether one may connect is the socket's own mode and group).
 func (s *Server) Serve(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("control socket folder: %w", err)
+	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
 	}
@@ -60,6 +72,10 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		ln.Close()
 		return fmt.Errorf("control socket permissions: %w", err)
 	}
+	if err := chgrp(path, s.SocketGroup); err != nil {
+		ln.Close()
+		return err
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+api.PathExec, s.handleExec)
 	mux.HandleFunc("GET "+api.PathStatus, s.handleStatus)
@@ -68,7 +84,7 @@ func (s *Server) Serve(ctx context.Context, path string) error {
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, ctxKey{}, peerOf(c))
+			return context.WithValue(ctx, ctxKey{}, s.identify(c))
 		},
 	}
 	done := make(chan struct{})
@@ -120,19 +136,24 @@ func (s *Server) handleExec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
+	role := s.roleOf(p)
 	w.Header().Set("Trailer", api.TrailerError+", "+api.TrailerPartition+", "+api.TrailerModule+", "+api.TrailerQuit)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
-	sess := &tmsh.Session{User: p.user, Partition: req.Partition, Module: req.Module}
+	sess := &tmsh.Session{User: p.user, Role: role, Partition: req.Partition, Module: req.Module}
 	err := s.interp.Exec(r.Context(), sess, req.Command, w)
 	quit := errors.Is(err, tmsh.ErrQuit)
 	if quit {
 		err = nil
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, config.ErrDenied):
+		s.logger.Warn("command refused", "user", p.user, "uid", p.uid, "role", string(role), "command", req.Command, slog.Any("err", err))
+		w.Header().Set(api.TrailerError, err.Error())
+	case err != nil:
 		s.logger.Info("command failed", "user", p.user, "command", req.Command, slog.Any("err", err))
 		w.Header().Set(api.TrailerError, err.Error())
-	} else if isMutation(req.Command) {
+	case isMutation(req.Command):
 		s.logger.Info("command", "user", p.user, "command", req.Command)
 	}
 	w.Header().Set(api.TrailerPartition, sess.Partition)
@@ -159,10 +180,14 @@ func (s *Server) handleComplete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, _ := r.Context().Value(ctxKey{}).(peer)
-	sess := &tmsh.Session{User: p.user, Partition: req.Partition, Module: req.Module}
+	role := s.roleOf(p)
+	sess := &tmsh.Session{User: p.user, Role: role, Partition: req.Partition, Module: req.Module}
 	c := s.interp.Complete(sess, req.Line, req.Pos)
 	resp := api.CompleteResponse{Start: c.Start, Candidates: make([]api.Candidate, 0, len(c.Candidates))}
 	for _, cand := range c.Candidates {
+		if role == config.RoleNoAccess {
+			break // completion would show object names that the user may not list
+		}
 		resp.Candidates = append(resp.Candidates, api.Candidate{Word: cand.Word, Help: cand.Help, Group: cand.Group, Hint: cand.Hint})
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -122,6 +122,10 @@ func TestEveryPropertyHasHelp(t *testing.T) {
 // examples are representative commands for each verb and component that help offers.
 var examples = map[string]string{
 	"create auth partition":   "create auth partition P2 description test",
+	"create auth user":        "create auth user alice partition-access add { all-partitions { role guest } }",
+	"delete auth user":        "create auth user bob partition-access add { all-partitions { role operator } }; delete auth user bob",
+	"list auth user":          "create auth user carol partition-access add { all-partitions { role guest } }; list auth user carol",
+	"modify auth user":        "create auth user dave partition-access add { all-partitions { role guest } }; modify auth user dave description ops",
 	"create cm device":        "create cm device lb3 mirror-ip 192.168.77.4",
 	"create cm device-group":  "create cm device-group dg2 type sync-only",
 	"create ltm pool":         "create ltm pool p2 members add { 10.1.0.200:80 }",

@@ -51,7 +51,7 @@ func findModule(name string) string {
 var kinds []*kind
 
 func init() {
-	kinds = []*kind{authPartition(), cmDevice(), cmDeviceGroup(), ltmPool(), ltmSNATPool(), ltmVirtual(), netSelf(), netVLAN(), sysDB()}
+	kinds = []*kind{authPartition(), authUser(), cmDevice(), cmDeviceGroup(), ltmPool(), ltmSNATPool(), ltmVirtual(), netSelf(), netVLAN(), sysDB()}
 	for _, k := range kinds {
 		if len(k.props) == 0 {
 			k.props = propNames(k.specs)
@@ -151,6 +151,84 @@ func modifyPartition(c *config.Config, name string, cur *cursor) error {
 		}
 	}
 	return nil
+}
+
+// --- auth user ---
+
+func authUser() *kind {
+	modify := func(c *config.Config, name string, cur *cursor) error {
+		u, _ := c.Shared.FindUser(name)
+		for !cur.done() {
+			key, err := cur.key()
+			if err != nil {
+				return err
+			}
+			switch key {
+			case "partition-access":
+				if u.PartitionAccess, err = editList(cur, key, u.PartitionAccess, partitionAccessItem, func(a config.PartitionAccess) string { return a.Partition }); err != nil {
+					return err
+				}
+			case "description":
+				if u.Description, err = cur.text(key); err != nil {
+					return err
+				}
+			default:
+				return unknownProp("auth user", key)
+			}
+		}
+		return nil
+	}
+	return &kind{
+		module: "auth", component: "user", help: "user accounts (Unix logins whose shell is tmsh) and their roles: admin, operator, guest",
+		specs: []prop{
+			descriptionProp,
+			{name: "partition-access", help: "the user's role: all-partitions { role admin|operator|guest|no-access }", list: true,
+				hint: "all-partitions { role <role> }", sub: []prop{enumProp("role", "what the user may do", config.Roles...)}},
+		},
+		names: func(c *config.Config) []string {
+			var out []string
+			for _, u := range c.Shared.Users {
+				out = append(out, u.Name)
+			}
+			return out
+		},
+		render: func(c *config.Config, name string) Object {
+			u, _ := c.Shared.FindUser(name)
+			access := Prop{Key: "partition-access", IsBlock: true}
+			for _, a := range u.PartitionAccess {
+				access.Block = append(access.Block, block(a.Partition, val("role", string(a.Role))))
+			}
+			return Object{Kind: "auth user", Name: u.Name, Props: []Prop{description(u.Description), access}}
+		},
+		create: func(c *config.Config, name string, cur *cursor) error {
+			c.Shared.Users = append(c.Shared.Users, config.User{Name: name})
+			return modify(c, name, cur)
+		},
+		modify: modify,
+		remove: func(c *config.Config, name string) error {
+			c.Shared.Users = slices.DeleteFunc(c.Shared.Users, func(u config.User) bool { return u.Name == name })
+			return nil
+		},
+	}
+}
+
+// partitionAccessItem reads BIG-IP's "all-partitions { role operator }".
+func partitionAccessItem(it listItem) (config.PartitionAccess, error) {
+	a := config.PartitionAccess{Partition: it.name}
+	for i := 0; i < len(it.settings); i += 2 {
+		if it.settings[i].IsBlock || it.settings[i].Word != "role" || i+1 >= len(it.settings) || it.settings[i+1].IsBlock {
+			return a, syntaxf("partition-access %s: expected { role ROLE }", it.name)
+		}
+		role, err := parseOneOf("role", it.settings[i+1].Word, config.Roles)
+		if err != nil {
+			return a, err
+		}
+		a.Role = config.Role(role)
+	}
+	if a.Role == "" {
+		return a, syntaxf("partition-access %s: a role is required, such as { role guest }", it.name)
+	}
+	return a, nil
 }
 
 // --- cm device ---

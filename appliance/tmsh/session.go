@@ -10,9 +10,12 @@ import (
 	"github.com/openappliance/appliance/appliance/config"
 )
 
-// Session is one shell's state: the folder it has cd'ed to.
+// Session is one shell's state: the folder it has cd'ed to, and who runs it.
 type Session struct {
-	User      string
+	User string
+	// Role limits the commands the session may run (see authorize). Empty runs every
+	// command: for in-process callers; the control server always sets it from the peer.
+	Role      config.Role
 	Partition string // "" means /Common
 	Module    string // "" or a module such as "ltm"
 }
@@ -60,6 +63,10 @@ func (in *Interpreter) execOne(ctx context.Context, s *Session, cmd string, w io
 	// A module given after cd (cd ltm) is implied.
 	if s.Module != "" && len(args) > 0 && !args[0].IsBlock && findModule(strings.TrimPrefix(args[0].Word, "/")) == "" {
 		args = append([]Node{{Word: s.Module}}, args...)
+	}
+	// Authorized first: a verb no role lists (an unknown one too) is refused to all but admin.
+	if err := authorize(s, verb, args, cmd); err != nil {
+		return err
 	}
 	v := findVerb(verb)
 	if v == nil {

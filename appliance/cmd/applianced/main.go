@@ -37,6 +37,7 @@ func run() error {
 	name := flag.String("name", "", "this device's name (cm device), such as lb1")
 	configPath := flag.String("config", "/etc/appliance/appliance.toml", "device config file; the shared config lives in FILE.d/")
 	socket := flag.String("socket", api.DefaultSocket, "control socket for tmsh")
+	socketGroup := flag.String("socket-group", "", "group given the control socket (mode 0660), such as appliance: its members may run tmsh; empty: the daemon's own group")
 	check := flag.Bool("check", false, "validate the configuration files and exit")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this management address:port (such as 192.0.2.5:9410); empty: off")
@@ -74,6 +75,7 @@ func run() error {
 	defer cancel()
 
 	srv := control.NewServer(tmsh.New(d), d.PromptStatus, logger.With("component", "control"))
+	srv.SocketGroup = *socketGroup
 	var wg sync.WaitGroup
 	var serveErr error
 	wg.Add(1)
@@ -92,6 +94,15 @@ func run() error {
 			}
 		}()
 	}
+	watchdog, err := systemdWatchdog()
+	if err != nil {
+		logger.Warn("systemd watchdog settings", slog.Any("err", err))
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		healthLoop(ctx, statusProbe(*socket), sdNotify, watchdog, logger.With("component", "health"))
+	}()
 	logger.Info("applianced started", "config", *configPath, "socket", *socket)
 	err = d.Run(ctx)
 	cancel()
