@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -40,6 +41,7 @@ func (c *core) DeleteConnections(context.Context, tmsh.ConnFilter) (int, error) 
 func (c *core) Failover() tmsh.FailoverStatus                                   { return tmsh.FailoverStatus{} }
 func (c *core) ForceStandby(context.Context) error                              { return nil }
 func (c *core) ConfigSync(context.Context, string) error                        { return nil }
+func (c *core) Ping(context.Context, netip.Addr, int, io.Writer) error          { return nil }
 
 // TestExec runs commands over a real unix socket and checks output, trailers and status.
 func TestExec(t *testing.T) {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/netip"
 	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/openappliance/appliance/appliance/config"
@@ -236,8 +238,50 @@ func (in *Interpreter) run(ctx context.Context, s *Session, args []Node, w io.Wr
 		return in.core.ConfigSync(ctx, args[3].Word)
 	case len(args) >= 2 && isWords(args[:2], "cm", "config-sync"):
 		return syntaxf("run cm config-sync: expected \"to-group GROUP\"")
+	case len(args) >= 2 && isWords(args[:2], "util", "ping"):
+		host, count, err := pingArgs(args[2:])
+		if err != nil {
+			return err
+		}
+		return in.core.Ping(ctx, host, count, w)
 	}
-	return syntaxf("run: expected \"sys failover standby\" or \"cm config-sync to-group GROUP\"")
+	return syntaxf("run: expected \"sys failover standby\", \"cm config-sync to-group GROUP\" or \"util ping [-c COUNT] ADDRESS\"")
+}
+
+// pingArgs reads BIG-IP's "run util ping" arguments: an address and, before or after it,
+// -c COUNT. Only these: the daemon runs ping itself, so nothing else may reach its command line.
+func pingArgs(args []Node) (netip.Addr, int, error) {
+	var host netip.Addr
+	count := 4
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a.IsBlock:
+			return host, 0, syntaxf("%q unexpected", a.String())
+		case a.Word == "-c":
+			if i+1 >= len(args) || args[i+1].IsBlock {
+				return host, 0, syntaxf("run util ping: -c needs a count")
+			}
+			i++
+			n, err := strconv.Atoi(args[i].Word)
+			if err != nil || n < 1 || n > 100 {
+				return host, 0, config.Invalid("run util ping: count %q must be a number from 1 to 100", args[i].Word)
+			}
+			count = n
+		case host.IsValid():
+			return host, 0, syntaxf("%q unexpected argument", a.Word)
+		default:
+			h, err := netip.ParseAddr(a.Word)
+			if err != nil || h.Zone() != "" {
+				return host, 0, config.Invalid("run util ping: %q is not an IP address", a.Word)
+			}
+			host = h
+		}
+	}
+	if !host.IsValid() {
+		return host, 0, syntaxf("run util ping: expected an address")
+	}
+	return host, count, nil
 }
 
 func wrapf(err error, format string, args ...any) error {

@@ -167,6 +167,7 @@ var examples = map[string]string{
 	"reset-stats ltm virtual": "reset-stats ltm virtual /RPC/RPC_VS_GALERA",
 	"run cm config-sync":      "run cm config-sync to-group dg1",
 	"run sys failover":        "run sys failover standby",
+	"run util ping":           "run util ping -c 2 10.1.0.100",
 	"show cm failover-status": "show cm failover-status",
 	"show cm sync-status":     "show cm sync-status",
 	"show cm traffic-group":   "show cm traffic-group all-properties",

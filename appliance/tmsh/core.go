@@ -5,6 +5,7 @@ package tmsh
 
 import (
 	"context"
+	"io"
 	"net/netip"
 	"time"
 
@@ -34,6 +35,10 @@ type Core interface {
 	ForceStandby(ctx context.Context) error
 	// ConfigSync pushes the shared configuration to the other devices of group.
 	ConfigSync(ctx context.Context, group string) error
+	// Ping sends count ICMP echo requests to host from the device's own network (its
+	// namespace, its routes and self IPs) and writes the output as it comes. It fails when
+	// no reply came.
+	Ping(ctx context.Context, host netip.Addr, count int, w io.Writer) error
 }
 
 // ConnFilter selects connections for show sys connection; zero fields match everything.

@@ -37,6 +37,7 @@ var modules = [][2]string{
 	{"ltm", "local traffic: virtual servers, pools, SNAT pools"},
 	{"net", "VLANs and self IPs"},
 	{"sys", "system: connections, failover, db variables, configuration files"},
+	{"util", "utilities run on the device: ping"},
 }
 
 func findModule(name string) string {

@@ -123,7 +123,7 @@ func buildVerbs() {
 		{name: "quit", usage: "quit", help: "leave the shell", run: quit},
 		{name: "reset-stats", usage: "reset-stats MODULE COMPONENT [NAME...]", help: "zero the statistics of objects", mode: modeNames,
 			targets: statsTargets(), run: (*Interpreter).resetStats},
-		{name: "run", usage: "run sys failover standby | run cm config-sync to-group GROUP", help: "make this device Standby, or push the configuration to a group", mode: modeWords,
+		{name: "run", usage: "run sys failover standby | run cm config-sync to-group GROUP | run util ping [-c COUNT] ADDRESS", help: "make this device Standby, push the configuration to a group, or ping from the device", mode: modeWords,
 			targets: runTargets, run: (*Interpreter).run},
 		{name: "save", usage: "save sys config", help: "write the configuration files", words: []prop{{name: "sys config", help: "the configuration files"}}, run: (*Interpreter).save},
 		{name: "show", usage: "show MODULE COMPONENT [NAME...] [OPTIONS]", help: "print status and statistics", mode: modeNames,
@@ -139,6 +139,8 @@ var runTargets = []target{
 		opts: []prop{{name: "to-group", help: "the device group to push to", ref: "cm device-group"}}},
 	{module: "sys", component: "failover", help: "change this device's failover state",
 		opts: []prop{flagProp("standby", "make this Active device Standby")}},
+	{module: "util", component: "ping", help: "send ICMP echo requests from this device: run util ping [-c COUNT] ADDRESS",
+		opts: []prop{freeProp("-c", "how many echo requests (1 to 100; 4 if not given)", "<count>")}},
 }
 
 func (in *Interpreter) save(ctx context.Context, _ *Session, args []Node, w io.Writer) error {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -69,6 +70,24 @@ func (f *fakeCore) Failover() FailoverStatus {
 }
 func (f *fakeCore) ForceStandby(context.Context) error               { return fmt.Errorf("not active") }
 func (f *fakeCore) ConfigSync(_ context.Context, group string) error { return nil }
+
+// Ping answers from 10.1.0.100 to 10.1.0.103 and from nowhere else, as ping prints it.
+func (f *fakeCore) Ping(_ context.Context, host netip.Addr, count int, w io.Writer) error {
+	fmt.Fprintf(w, "PING %s (%s) 56(84) bytes of data.\n", host, host)
+	replied := netip.MustParsePrefix("10.1.0.100/30").Contains(host)
+	for i := 1; replied && i <= count; i++ {
+		fmt.Fprintf(w, "64 bytes from %s: icmp_seq=%d ttl=64 time=0.050 ms\n", host, i)
+	}
+	got := 0
+	if replied {
+		got = count
+	}
+	fmt.Fprintf(w, "\n--- %s ping statistics ---\n%d packets transmitted, %d received\n", host, count, got)
+	if !replied {
+		return fmt.Errorf("run util ping: no reply from %s", host)
+	}
+	return nil
+}
 
 // setup is the issue's walk-through on lb1.
 const setup = `modify cm device lb1 unicast-address { 192.168.77.2 } mirror-ip 192.168.77.2 configsync-ip 192.168.77.2
