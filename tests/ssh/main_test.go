@@ -8,8 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
+
+	"github.com/openappliance/appliance/tests/labnet"
 )
 
 // binDir holds applianced and tmsh, built once for the package. It is world-readable:
@@ -24,45 +25,20 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "appliance-ssh-bin")
+	dir, root, err := labnet.BuildBinaries("appliance-ssh-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "find module root:", err)
-		return 1
-	}
-	moduleRoot = strings.TrimSpace(string(root))
-	for _, p := range []string{"appliance/cmd/applianced", "shell/cmd/tmsh"} {
-		cmd := exec.Command("go", "build", "-o", dir, "./"+p)
-		cmd.Dir = moduleRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", p, err, out)
-			return 1
-		}
-	}
-	binDir = dir
+	binDir, moduleRoot = dir, root
 	return m.Run()
 }
 
-// requireRoot fails without root: a skipped end-to-end test proves nothing. Only
-// `go test -short` outside CI leaves it out.
+// requireRoot fails without root (see labnet.RequireRoot).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if testing.Short() && os.Getenv("CI") != "true" {
-		t.Skip("SSH end-to-end test needs root; left out by -short")
-	}
-	t.Fatal("SSH end-to-end test needs root (network and mount namespaces, sshd); run as root, or with -short to leave it out")
+	labnet.RequireRoot(t, "SSH end-to-end test (network and mount namespaces, sshd)")
 }
 
 // requireTools fails when a program the test drives is missing; .ci/run installs them.
