@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -243,5 +244,24 @@ func TestListenerIgnorePortIDs(t *testing.T) {
 	expectEvents(t, events, Event{Type: EventDestroy, Flow: batch[0]})
 	if err := l.IgnorePortIDs(); err != nil {
 		t.Errorf("removing no filter: %v", err)
+	}
+}
+
+// TestReceiveAfterDeadline: a waiting read leaves no deadline behind. Once it had passed, a
+// read that does not wait used to fail with "i/o timeout", and so did every batch after
+// it: a standby under load stopped injecting for good.
+func TestReceiveAfterDeadline(t *testing.T) {
+	q, err := dialQuerier()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.close()
+	q.recvTimeout = 20 * time.Millisecond
+	if _, err := q.receive(true); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("waiting receive with nothing queued: %v, want a deadline error", err)
+	}
+	time.Sleep(2 * q.recvTimeout)
+	if _, err := q.receive(false); !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("receive without waiting after the deadline passed: %v, want EAGAIN", err)
 	}
 }

@@ -51,6 +51,9 @@ type querier struct {
 	buf  []byte // receive buffer
 	msg  []byte // send buffer of query
 
+	recvTimeout time.Duration // recvTimeout; tests shorten it
+	deadline    bool          // a read deadline is set on conn
+
 	// The state of send and receive, so that they allocate nothing.
 	out             []byte
 	werr, rerr      error
@@ -69,7 +72,7 @@ func dialQuerier() (*querier, error) {
 		_ = c.Close()
 		return nil, err
 	}
-	q := &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano())}
+	q := &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano()), recvTimeout: recvTimeout}
 	q.writeFn, q.readFn = q.write, q.read
 	return q, nil
 }
@@ -214,10 +217,19 @@ func (q *querier) write(fd uintptr) bool {
 // recvTimeout for one; without, it returns unix.EAGAIN at once when none is queued.
 // unix.ENOBUFS says that the kernel dropped answers because the receive queue was full.
 func (q *querier) receive(wait bool) (int, error) {
-	if wait {
-		if err := q.conn.SetReadDeadline(time.Now().Add(recvTimeout)); err != nil {
+	// The deadline stays on the socket: a waiting read's must not outlive it, or a later
+	// read that does not wait would fail with it once it has passed (and every one after).
+	switch {
+	case wait:
+		if err := q.conn.SetReadDeadline(time.Now().Add(q.recvTimeout)); err != nil {
 			return 0, err
 		}
+		q.deadline = true
+	case q.deadline:
+		if err := q.conn.SetReadDeadline(time.Time{}); err != nil {
+			return 0, err
+		}
+		q.deadline = false
 	}
 	q.wait = wait
 	if err := q.raw.Read(q.readFn); err != nil {
