@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/openappliance/appliance/kernel/conntrack"
@@ -246,6 +245,21 @@ func ListConnections(ctx context.Context, args []string, isRow func(string) bool
 		close(stop)
 		return r, err
 	}
+	var cmdPeak uint64 // KiB; the command's VmHWM, sampled while it runs
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			if kb, err := hwmKB(cmd.Process.Pid); err == nil {
+				cmdPeak = max(cmdPeak, kb)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
 	br := bufio.NewReaderSize(out, 1<<20)
 	for {
 		line, err := br.ReadString('\n')
@@ -263,9 +277,7 @@ func ListConnections(ctx context.Context, args []string, isRow func(string) bool
 	werr := cmd.Wait()
 	close(stop)
 	wg.Wait()
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		r.PeakRSS = float64(ru.Maxrss) * 1024
-	}
+	r.PeakRSS = float64(cmdPeak) * 1024
 	r.DaemonPeak = peak - base
 	if werr != nil {
 		return r, fmt.Errorf("%s: %w: %s", strings.Join(args, " "), werr, strings.TrimSpace(stderr.String()))

@@ -111,6 +111,17 @@ func rssKB(pid int) (uint64, error) {
 	return ParseStatusKB(string(data), "VmRSS")
 }
 
+// hwmKB returns a process's peak resident memory (VmHWM) in KiB. Unlike the rusage that wait
+// returns, it is the process's own: Go starts a child with vfork, and the kernel carries the
+// parent's high-water mark into the child's ru_maxrss at exec.
+func hwmKB(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return ParseStatusKB(string(data), "VmHWM")
+}
+
 // rssSum sums VmRSS over pids in bytes.
 func rssSum(pids []int) float64 {
 	var total uint64
