@@ -41,6 +41,7 @@ func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w i
 	}
 	var opt renderOptions
 	var patterns []string
+	recursive := false
 	for _, a := range args {
 		if a.IsBlock {
 			return syntaxf("%q unexpected argument", a.String())
@@ -52,7 +53,10 @@ func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w i
 		case "all-properties":
 			opt.all = true
 			continue
-		case "non-default-properties", "recursive":
+		case "recursive":
+			recursive = true
+			continue
+		case "non-default-properties":
 			continue
 		}
 		if len(selected) == 1 && slices.Contains(selected[0].props, a.Word) && !slices.Contains(selected[0].names(&cfg), in.resolveName(s, selected[0], a.Word)) {
@@ -68,6 +72,9 @@ func (in *Interpreter) listCmd(ctx context.Context, s *Session, args []Node, w i
 		names, err := in.match(s, &cfg, k, patterns)
 		if err != nil {
 			return err
+		}
+		if recursive && len(patterns) == 0 && k.partitioned && s.Partition == RootFolder {
+			names = k.names(&cfg) // the root's sub-folders are every partition
 		}
 		for _, name := range names {
 			if err := writeObject(w, k.render(&cfg, name), opt); err != nil {
@@ -90,7 +97,7 @@ func isOption(n Node) bool {
 // resolveName turns a name as typed into the kind's stored name.
 func (in *Interpreter) resolveName(s *Session, k *kind, name string) string {
 	if k.partitioned {
-		return config.FullPath(name, s.Partition)
+		return config.FullPath(name, s.folder())
 	}
 	return strings.TrimPrefix(name, "/Common/")
 }
@@ -102,6 +109,9 @@ func (in *Interpreter) match(s *Session, cfg *config.Config, k *kind, patterns [
 	if len(patterns) == 0 {
 		if !k.partitioned {
 			return all, nil
+		}
+		if s.Partition == RootFolder {
+			return nil, nil // objects live in partitions: list them with recursive
 		}
 		part := s.Partition
 		if part == "" {

@@ -316,7 +316,7 @@ func (c completer) names(k *kind) []Candidate {
 	if k == nil {
 		return nil
 	}
-	part := c.s.Partition
+	part := c.s.folder()
 	if part == "" {
 		part = config.CommonPartition
 	}

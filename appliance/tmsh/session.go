@@ -16,8 +16,21 @@ type Session struct {
 	// Role limits the commands the session may run (see authorize). Empty runs every
 	// command: for in-process callers; the control server always sets it from the peer.
 	Role      config.Role
-	Partition string // "" means /Common
+	Partition string // "" means /Common; RootFolder is the root (cd /)
 	Module    string // "" or a module such as "ltm"
+}
+
+// RootFolder is Session.Partition at the root folder, which holds the partitions: there
+// list shows objects only with recursive, and a relative name still resolves in /Common
+// (no object lives in / itself).
+const RootFolder = "/"
+
+// folder is the partition relative names resolve in: "" for /Common.
+func (s *Session) folder() string {
+	if s.Partition == RootFolder {
+		return ""
+	}
+	return s.Partition
 }
 
 // ErrQuit is returned by Exec for quit and exit.
@@ -60,8 +73,8 @@ func (in *Interpreter) execOne(ctx context.Context, s *Session, cmd string, w io
 	}
 	verb := nodes[0].Word
 	args := nodes[1:]
-	// A module given after cd (cd ltm) is implied.
-	if s.Module != "" && len(args) > 0 && !args[0].IsBlock && findModule(strings.TrimPrefix(args[0].Word, "/")) == "" {
+	// A module given after cd (cd ltm) is implied, except where a folder or a command is named.
+	if s.Module != "" && verb != "cd" && verb != "help" && len(args) > 0 && !args[0].IsBlock && findModule(strings.TrimPrefix(args[0].Word, "/")) == "" {
 		args = append([]Node{{Word: s.Module}}, args...)
 	}
 	// Authorized first: a verb no role lists (an unknown one too) is refused to all but admin.
@@ -97,13 +110,15 @@ func cd(s *Session, args []Node, cfg config.Config) error {
 	}
 	target := args[0].Word
 	switch {
-	case target == "/" || target == "~":
+	case target == "/":
+		s.Partition, s.Module = RootFolder, ""
+	case target == "~":
 		s.Partition, s.Module = "", ""
 	case target == "..":
 		if s.Module != "" {
 			s.Module = ""
 		} else {
-			s.Partition = ""
+			s.Partition = RootFolder
 		}
 	case findModule(target) != "":
 		s.Module = target

@@ -149,7 +149,7 @@ func ProtocolName(p uint8) string {
 // a CPU), so it reads "(tmm: none)"; the acceleration column gives the Linux flowtable
 // offload state. Rows stream out as the kernel's table is read.
 func (in *Interpreter) showConnections(ctx context.Context, s *Session, args []Node, w io.Writer) error {
-	f, all, err := parseConnFilter(args, s.Partition)
+	f, all, err := parseConnFilter(args, s.folder())
 	if err != nil {
 		return err
 	}

@@ -28,7 +28,7 @@ func (in *Interpreter) deleteConnections(ctx context.Context, s *Session, args [
 			return syntaxf("%q unexpected argument", a.Word)
 		}
 	}
-	f, _, err := parseConnFilter(args, s.Partition)
+	f, _, err := parseConnFilter(args, s.folder())
 	if err != nil {
 		return err
 	}

@@ -73,7 +73,11 @@ func prompt(c *client.Client, s client.Session) string {
 		return "[tmsh:disconnected] # "
 	}
 	where := "~"
-	if s.Partition != "" {
+	switch s.Partition {
+	case "":
+	case "/": // the root folder
+		where = "/"
+	default:
 		where = "/" + s.Partition
 	}
 	if s.Module != "" {
