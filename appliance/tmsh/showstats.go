@@ -164,21 +164,37 @@ func statusReason(disabled bool, what string) (state, reason string) {
 	return "enabled", noServiceCheck
 }
 
+// statSelection is what a show of ltm objects works on: the objects selected, the options
+// given, the configuration they were selected from and the connection counts.
+type statSelection struct {
+	names []string
+	flags map[string]bool
+	cfg   config.Config
+	st    connStats
+}
+
+// selectStats reads a show's arguments for objects of module component, and counts the
+// connections.
+func (in *Interpreter) selectStats(ctx context.Context, s *Session, module, component string, args []Node, opts []prop) (statSelection, error) {
+	var sel statSelection
+	patterns, flags, err := statArgs(args, opts)
+	if err != nil {
+		return sel, err
+	}
+	sel.flags, sel.cfg = flags, in.core.Config()
+	if sel.names, err = in.match(s, &sel.cfg, findKind(module, component), patterns); err != nil {
+		return sel, err
+	}
+	sel.st, err = in.connStats(ctx)
+	return sel, err
+}
+
 func (in *Interpreter) showVirtual(ctx context.Context, s *Session, args []Node, w io.Writer) error {
-	k := findKind("ltm", "virtual")
-	patterns, flags, err := statArgs(args, showStatOpts)
+	sel, err := in.selectStats(ctx, s, "ltm", "virtual", args, showStatOpts)
 	if err != nil {
 		return err
 	}
-	cfg := in.core.Config()
-	names, err := in.match(s, &cfg, k, patterns)
-	if err != nil {
-		return err
-	}
-	st, err := in.connStats(ctx)
-	if err != nil {
-		return err
-	}
+	names, flags, cfg, st := sel.names, sel.flags, sel.cfg, sel.st
 	var b strings.Builder
 	for _, name := range names {
 		v, _ := cfg.Shared.FindVirtual(name)
@@ -212,20 +228,11 @@ func (in *Interpreter) showVirtual(ctx context.Context, s *Session, args []Node,
 }
 
 func (in *Interpreter) showPool(ctx context.Context, s *Session, args []Node, w io.Writer) error {
-	k := findKind("ltm", "pool")
-	patterns, flags, err := statArgs(args, []prop{allPropsOpt, fieldFmtOpt, membersOpt})
+	sel, err := in.selectStats(ctx, s, "ltm", "pool", args, []prop{allPropsOpt, fieldFmtOpt, membersOpt})
 	if err != nil {
 		return err
 	}
-	cfg := in.core.Config()
-	names, err := in.match(s, &cfg, k, patterns)
-	if err != nil {
-		return err
-	}
-	st, err := in.connStats(ctx)
-	if err != nil {
-		return err
-	}
+	names, flags, cfg, st := sel.names, sel.flags, sel.cfg, sel.st
 	var b strings.Builder
 	for _, name := range names {
 		p, _ := cfg.Shared.FindPool(name)
