@@ -1,21 +1,13 @@
 package control
 
 import (
-	"bytes"
-	"context"
-	"encoding/json"
-	"io"
 	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/openappliance/appliance/appliance/api"
-
 	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/appliance/tmsh"
 )
@@ -64,36 +56,11 @@ func TestExecRefused(t *testing.T) {
 	srv := NewServer(tmsh.New(c), func() (string, string, string) { return "lb1", "Active", "Standalone" }, nil)
 	var as atomic.Pointer[peer]
 	srv.identify = func(net.Conn) peer { return *as.Load() }
-	sock := filepath.Join(t.TempDir(), "c.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, sock) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
-	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "unix", sock)
-	}}}
+	client := serveForTest(t, srv)
 	exec := func(command string) string {
 		t.Helper()
-		body, _ := json.Marshal(api.ExecRequest{Command: command})
-		var resp *http.Response
-		var err error
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if resp, err = hc.Post("http://x"+api.PathExec, "application/json", bytes.NewReader(body)); err == nil {
-				break
-			}
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		io.Copy(io.Discard, resp.Body)
-		return resp.Trailer.Get(api.TrailerError)
+		_, tr := client.exec(api.ExecRequest{Command: command})
+		return tr.Get(api.TrailerError)
 	}
 	tests := []struct {
 		peer    peer
@@ -123,14 +90,7 @@ func TestExecRefused(t *testing.T) {
 		want bool
 	}{{peer{uid: 64102, user: "alice"}, true}, {peer{uid: 64103, user: "mallory"}, false}} {
 		as.Store(&tt.peer)
-		body, _ := json.Marshal(api.CompleteRequest{Line: "list ltm pool ", Pos: len("list ltm pool ")})
-		resp, err := hc.Post("http://x"+api.PathComplete, "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var cr api.CompleteResponse
-		err = json.NewDecoder(resp.Body).Decode(&cr)
-		resp.Body.Close()
+		cr, err := client.complete(api.CompleteRequest{Line: "list ltm pool ", Pos: len("list ltm pool ")})
 		if err != nil {
 			t.Fatal(err)
 		}
