@@ -523,37 +523,39 @@ func (l *loop) send() {
 	if len(targets) == 0 || len(l.conns) == 0 {
 		return
 	}
-	hb := heartbeat{Name: l.cfg.Device, State: a.state, Yield: a.yield, BootID: l.m.bootID, Seq: l.seq.Add(1)}
+	hb := heartbeat{Name: l.cfg.Device, State: a.state, Yield: a.yield, BootID: l.m.bootID}
 	if l.cfg.Payload != nil {
 		hb.Payload = l.cfg.Payload()
 	}
-	b, err := hb.AppendBinary(l.buf[:0])
-	if err != nil {
+	if _, err := hb.AppendBinary(l.buf[:0]); err != nil { // a payload too long
 		if !l.payloadErrLogged {
 			l.logger.Warn("heartbeat sent without its payload", slog.Any("err", err))
 			l.payloadErrLogged = true
 		}
 		hb.Payload = nil
-		if b, err = hb.AppendBinary(l.buf[:0]); err != nil {
-			return // cannot happen: the name was checked by New
-		}
 	} else {
 		l.payloadErrLogged = false
 	}
-	l.buf = b
-	var round *pacedRound
-	if l.pacer != nil {
-		round = &pacedRound{hb: hb, interval: l.cfg.Interval}
-		round.hb.Payload = bytes.Clone(hb.Payload)
-	}
+	var sends []pacedSend
 	for _, to := range targets {
-		c := l.connFor(to)
-		if c == nil {
-			continue
+		if c := l.connFor(to); c != nil {
+			sends = append(sends, pacedSend{conn: c, to: to})
 		}
-		if round != nil {
-			round.sends = append(round.sends, pacedSend{conn: c, to: to})
-		}
+	}
+	if l.pacer != nil {
+		// Published before the sequence number is taken: see pacer.send.
+		round := &pacedRound{hb: hb, interval: l.cfg.Interval, sends: sends}
+		round.hb.Payload = bytes.Clone(hb.Payload)
+		l.pacer.publish(round)
+	}
+	hb.Seq = l.seq.Add(1)
+	b, err := hb.AppendBinary(l.buf[:0])
+	if err != nil {
+		return // cannot happen: the name was checked by New
+	}
+	l.buf = b
+	for _, s := range sends {
+		c, to := s.conn, s.to
 		if _, err := c.WriteToUDPAddrPort(b, to); err != nil {
 			if !l.sendFailing[to] {
 				l.logger.Warn("cannot send heartbeat", "to", to, slog.Any("err", err))
@@ -567,8 +569,8 @@ func (l *loop) send() {
 		}
 		l.sent++
 	}
-	if round != nil {
-		l.pacer.sentRound(round, time.Now())
+	if l.pacer != nil {
+		l.pacer.sentAt(time.Now())
 	}
 }
 

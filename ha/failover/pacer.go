@@ -43,11 +43,12 @@ type pacedSend struct {
 	to   netip.AddrPort
 }
 
-// sentRound records a round the loop sent, for the pacer to repeat.
-func (p *pacer) sentRound(r *pacedRound, at time.Time) {
-	p.latest.Store(r)
-	p.lastSent.Store(at.UnixNano())
-}
+// publish records the round the loop is about to send, for the pacer to repeat. The loop
+// calls it before taking the round's sequence number.
+func (p *pacer) publish(r *pacedRound) { p.latest.Store(r) }
+
+// sentAt records when the loop last sent a round.
+func (p *pacer) sentAt(at time.Time) { p.lastSent.Store(at.UnixNano()) }
 
 // run sends overdue rounds until ctx ends. The thread it locks ends with it (it is never
 // unlocked), so the real-time priority does not leak to other goroutines.
@@ -74,6 +75,11 @@ func (p *pacer) run(ctx context.Context) {
 func (p *pacer) send(r *pacedRound, buf []byte) []byte {
 	hb := r.hb
 	hb.Seq = p.seq.Add(1)
+	if p.latest.Load() != r {
+		// The loop published a newer round, maybe with a lower sequence number than ours:
+		// sending the older content under ours would make the peer take it as the latest.
+		return buf
+	}
 	b, err := hb.AppendBinary(buf[:0])
 	if err != nil {
 		return buf // the loop logs payload errors when it sends

@@ -36,7 +36,8 @@ func TestPacerRepeatsOverdueRounds(t *testing.T) {
 		interval: 10 * time.Millisecond,
 		sends:    []pacedSend{{conn: from, to: to.LocalAddr().(*net.UDPAddr).AddrPort()}},
 	}
-	p.sentRound(round, time.Now())
+	p.publish(round)
+	p.sentAt(time.Now())
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -79,7 +80,8 @@ func TestPacerQuietWhileLoopSends(t *testing.T) {
 		interval: time.Hour,
 		sends:    []pacedSend{{conn: from, to: to.LocalAddr().(*net.UDPAddr).AddrPort()}},
 	}
-	p.sentRound(round, time.Now())
+	p.publish(round)
+	p.sentAt(time.Now())
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	p.run(ctx) // returns within half an interval of ctx's end
@@ -113,5 +115,19 @@ func TestDatagramWaiting(t *testing.T) {
 	}
 	if datagramWaiting(to) {
 		t.Error("datagram still waiting after it was read")
+	}
+}
+
+// TestPacerSkipsSupersededRound: a round the loop has replaced meanwhile is not sent under
+// a newer sequence number (the peer would take its older state for the latest).
+func TestPacerSkipsSupersededRound(t *testing.T) {
+	from, to := udpPair(t)
+	p := &pacer{seq: new(atomic.Uint64), logger: slog.New(slog.DiscardHandler)}
+	sends := []pacedSend{{conn: from, to: to.LocalAddr().(*net.UDPAddr).AddrPort()}}
+	old := &pacedRound{hb: heartbeat{Name: "lb2", State: StateStandby, BootID: 7}, interval: time.Second, sends: sends}
+	p.publish(&pacedRound{hb: heartbeat{Name: "lb2", State: StateActive, BootID: 7}, interval: time.Second, sends: sends})
+	p.send(old, nil)
+	if got := p.sent.Load(); got != 0 {
+		t.Errorf("sent %d heartbeats of a superseded round, want 0", got)
 	}
 }
