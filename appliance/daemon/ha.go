@@ -235,6 +235,11 @@ func (r *roleRunner) start(c *config.Config) {
 			logger.Error("conntrack events unavailable: mirroring stopped", slog.Any("err", err))
 			return
 		}
+		// The handshakes and closing states of TCP connections are dropped in the kernel: no
+		// read, no decode (see virtualIndex.mirrors).
+		if err := listener.SetFilter(conntrack.EventFilter{EstablishedTCP: true}); err != nil {
+			logger.Warn("conntrack events unfiltered: every TCP state change is read", slog.Any("err", err))
+		}
 		sender := mirror.NewSender(mirror.SenderConfig{
 			Device:         c.Local.Device.Name,
 			Peers:          peers,
@@ -288,8 +293,7 @@ func (d *Daemon) onEvent(sender *mirror.Sender, ev conntrack.Event) {
 		sender.Resync()
 		return
 	}
-	v := d.mirror.Load().lookup(ev.Flow.Proto, ev.Flow.Orig.Dst)
-	if v == nil || !v.Mirror {
+	if !d.mirror.Load().mirrors(ev.Flow) {
 		return
 	}
 	if ev.Type == conntrack.EventDestroy {
@@ -310,7 +314,7 @@ func (d *Daemon) snapshot(ctx context.Context, fn func(mirror.Flow) error) error
 	defer t.Close()
 	idx := d.mirror.Load()
 	return t.Dump(ctx, func(f conntrack.Flow) error {
-		if v := idx.lookup(f.Proto, f.Orig.Dst); v != nil && v.Mirror {
+		if idx.mirrors(f) {
 			return fn(toMirror(f))
 		}
 		return nil
@@ -349,6 +353,11 @@ func (d *Daemon) standbyFlow(f mirror.Flow) conntrack.Flow {
 	}
 	if t := d.stateTimeout(k.Proto, state); t > k.Timeout {
 		k.Timeout = t
+	}
+	if k.Proto == unix.IPPROTO_TCP {
+		// Only assured connections are mirrored (virtualIndex.mirrors); assured, the entry
+		// is also spared the kernel's early drop when its table is full.
+		k.Status |= conntrack.StatusAssured | conntrack.StatusSeenReply
 	}
 	return k
 }
@@ -441,6 +450,18 @@ func (x *virtualIndex) lookup(proto uint8, dst netip.AddrPort) *config.Virtual {
 	return x.byDest[destKey{proto, netip.AddrPortFrom(dst.Addr(), 0)}]
 }
 
+// mirrors reports whether f is mirrored: an entry of a mirror-enabled virtual and, for TCP,
+// an assured connection (its handshake done). The event listener's kernel filter
+// (EstablishedTCP) drops the events of the same handshakes, so the stream, full syncs,
+// digests and `show sys connection type mirror` agree on what the peer holds. A connection
+// still in its handshake at a failover is not kept; its client retries (as conntrackd's
+// usual "State Accept { ESTABLISHED ... }" filter does too).
+func (x *virtualIndex) mirrors(f conntrack.Flow) bool {
+	v := x.lookup(f.Proto, f.Orig.Dst)
+	// A status of 0 is one the kernel did not report (a confirmed entry has IPS_CONFIRMED).
+	return v != nil && v.Mirror && (f.Proto != unix.IPPROTO_TCP || f.Status&conntrack.StatusAssured != 0 || f.Status == 0)
+}
+
 // Connections streams the kernel's entries of virtual servers; see tmsh.Core.
 func (d *Daemon) Connections(ctx context.Context, f tmsh.ConnFilter, fn func(tmsh.Connection) error) error {
 	t, err := conntrack.Open()
@@ -495,7 +516,7 @@ func (d *Daemon) eachConnection(ctx context.Context, t *conntrack.Table, f tmsh.
 			State:    tcpStateName(fl),
 			Offload:  offloadName(fl.Status),
 			Virtual:  v.Name,
-			Mirrored: v.Mirror,
+			Mirrored: idx.mirrors(fl),
 		}
 		k := [2]uint8{fl.Proto, fl.TCPState}
 		def, ok := defaults[k]

@@ -2,7 +2,6 @@ package conntrack
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -80,7 +79,9 @@ type Listener struct {
 // needs CAP_NET_ADMIN and ignores net.core.rmem_max), falling back to SO_RCVBUF (capped by
 // rmem_max); the kernel doubles the value and enforces a small minimum.
 func NewListener(bufBytes int) (*Listener, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	// One reused buffer, large enough for any event, spares the size-probing peek that
+	// would double the system calls per event.
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{MessageBufferSize: 1 << 16})
 	if err != nil {
 		return nil, fmt.Errorf("dial conntrack events: %w", err)
 	}
@@ -118,16 +119,13 @@ func (l *Listener) setReadBuffer(n int) error {
 	return nil
 }
 
-// IgnorePortIDs has the kernel drop the events of changes that sockets with these netlink
-// port ids asked for (Event.PortID) before they are queued for the Listener: pass the
-// PortID of the Tables the daemon injects with. A standby then pays neither receive
-// buffer nor a read for the events of its own injections (a full sync of a million
-// entries makes a million of them, more than any buffer holds); the kernel still builds
-// them. It installs a socket filter (SO_ATTACH_FILTER), which sees one event per
-// datagram, and replaces the ids of an earlier call; no ids removes it. Port id 0 (the
-// kernel's own changes) cannot be ignored. Safe to call at any time, Run running or not.
-func (l *Listener) IgnorePortIDs(ids ...uint32) error {
-	prog, err := ignorePortIDsFilter(ids)
+// SetFilter has the kernel drop the events that f rejects before they are queued for the
+// Listener, so that they cost neither receive buffer nor a read (see EventFilter). It
+// installs a socket filter (SO_ATTACH_FILTER), which sees one event per datagram, and
+// replaces the filter of an earlier call; the zero EventFilter removes it. Safe to call at
+// any time, Run running or not.
+func (l *Listener) SetFilter(f EventFilter) error {
+	prog, err := f.program()
 	if err != nil {
 		return err
 	}
@@ -148,38 +146,9 @@ func (l *Listener) IgnorePortIDs(ids ...uint32) error {
 			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
 	})
 	if err := errors.Join(cerr, serr); err != nil {
-		return fmt.Errorf("filter conntrack events of port ids %v: %w", ids, err)
+		return fmt.Errorf("filter conntrack events (%+v): %w", f, err)
 	}
 	return nil
-}
-
-// ignorePortIDsFilter returns a classic BPF program that drops a netlink message whose
-// nlmsg_pid is one of ids and keeps any other, or nil for no ids.
-func ignorePortIDsFilter(ids []uint32) ([]unix.SockFilter, error) {
-	if len(ids) == 0 {
-		return nil, nil
-	}
-	if len(ids) > 200 {
-		return nil, fmt.Errorf("filter conntrack events: %d port ids, at most 200", len(ids))
-	}
-	// BPF_ABS loads read big-endian; nlmsg_pid (offset 12) is in host order.
-	prog := []unix.SockFilter{{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 12}}
-	for i, id := range ids {
-		if id == 0 {
-			return nil, fmt.Errorf("filter conntrack events: port id 0 is the kernel's")
-		}
-		var b [4]byte
-		binary.NativeEndian.PutUint32(b[:], id)
-		prog = append(prog, unix.SockFilter{
-			Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K,
-			Jt:   uint8(len(ids) - i), // to the drop below the keep
-			K:    binary.BigEndian.Uint32(b[:]),
-		})
-	}
-	return append(prog,
-		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff}, // keep
-		unix.SockFilter{Code: unix.BPF_RET | unix.BPF_K, K: 0},          // drop
-	), nil
 }
 
 // ReadBuffer returns the socket's receive buffer size as the kernel reports it (SO_RCVBUF,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -211,10 +213,10 @@ func TestListenerIgnorePortIDs(t *testing.T) {
 	own, other := openTable(t, ns), openTable(t, ns)
 	events, l := listen(t, ns, 1<<20)
 
-	if err := l.IgnorePortIDs(0); err == nil {
-		t.Error("IgnorePortIDs(0) succeeded; the kernel's own events cannot be ignored")
+	if err := l.SetFilter(EventFilter{IgnorePortIDs: []uint32{0}}); err == nil {
+		t.Error("ignoring port id 0 succeeded; the kernel's own events cannot be ignored")
 	}
-	if err := l.IgnorePortIDs(own.PortID(), 123456); err != nil {
+	if err := l.SetFilter(EventFilter{IgnorePortIDs: []uint32{own.PortID(), 123456}}); err != nil {
 		t.Fatal(err)
 	}
 	var batch []Flow
@@ -235,14 +237,14 @@ func TestListenerIgnorePortIDs(t *testing.T) {
 		t.Errorf("event port id %d, want the other table's %d", got[0].PortID, other.PortID())
 	}
 
-	if err := l.IgnorePortIDs(); err != nil {
+	if err := l.SetFilter(EventFilter{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := own.Delete(batch[0]); err != nil {
 		t.Fatal(err)
 	}
 	expectEvents(t, events, Event{Type: EventDestroy, Flow: batch[0]})
-	if err := l.IgnorePortIDs(); err != nil {
+	if err := l.SetFilter(EventFilter{}); err != nil {
 		t.Errorf("removing no filter: %v", err)
 	}
 }
@@ -264,4 +266,80 @@ func TestReceiveAfterDeadline(t *testing.T) {
 	if _, err := q.receive(false); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("receive without waiting after the deadline passed: %v, want EAGAIN", err)
 	}
+}
+
+// TestListenerEstablishedTCP: with EventFilter.EstablishedTCP the kernel delivers a TCP
+// entry's events only once it is assured and established (and then its destroy event), and
+// every event of UDP. First on entries made through ctnetlink, whose events carry every
+// field, then on a real connection over the namespace's loopback: its handshake and
+// closing states never reach the listener, its established state does, once.
+func TestListenerEstablishedTCP(t *testing.T) {
+	ns := natNS(t, "ctlest")
+	tbl := openTable(t, ns)
+	events, l := listen(t, ns, 1<<20)
+	if err := l.SetFilter(EventFilter{EstablishedTCP: true}); err != nil {
+		t.Fatal(err)
+	}
+
+	assured := StatusAssured | StatusSeenReply
+	handshake := Flow{Proto: unix.IPPROTO_TCP, TCPState: TCPStateSynSent, Timeout: 120,
+		Orig: tup("10.0.0.1:40001", "10.0.0.10:3306"), Reply: tup("10.1.0.100:3306", "10.1.0.10:40001")}
+	established := Flow{Proto: unix.IPPROTO_TCP, TCPState: TCPStateEstablished, Timeout: 120, Status: assured,
+		Orig: tup("10.0.0.1:40002", "10.0.0.10:3306"), Reply: tup("10.1.0.100:3306", "10.1.0.10:40002")}
+	udp := Flow{Proto: unix.IPPROTO_UDP, Timeout: 30,
+		Orig: tup("[fd00::1]:5000", "[fd00::10]:53"), Reply: tup("[fd01::100]:53", "[fd00::1]:5000")}
+	for _, f := range []Flow{handshake, established, udp} {
+		if err := tbl.Inject(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectEvents(t, events, Event{Type: EventNew, Flow: established}, Event{Type: EventNew, Flow: udp})
+
+	closing := established
+	closing.TCPState, closing.Timeout = TCPStateTimeWait, 60
+	if err := tbl.Inject(closing); err != nil {
+		t.Fatal(err)
+	}
+	expectEvents(t, events) // the closing state is dropped
+	for _, f := range []Flow{handshake, established, udp} {
+		if err := tbl.Delete(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expectEvents(t, events, Event{Type: EventDestroy, Flow: established}, Event{Type: EventDestroy, Flow: udp})
+
+	// A real connection: SYN, SYN-ACK, ACK, data both ways, FIN both ways.
+	var ln net.Listener
+	var conn net.Conn
+	ns.MustDo(func() (err error) {
+		if ln, err = net.Listen("tcp4", "127.0.0.1:0"); err != nil {
+			return err
+		}
+		conn, err = net.Dial("tcp4", ln.Addr().String())
+		return err
+	})
+	defer ln.Close()
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := func(from, to net.Conn) {
+		if _, err := from.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		var b [1]byte
+		if _, err := io.ReadFull(to, b[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	echo(conn, peer)
+	echo(peer, conn)
+	ev := nextEvent(t, events)
+	if ev.Type != EventUpdate || ev.Flow.TCPState != TCPStateEstablished || ev.Flow.Status&StatusAssured == 0 ||
+		ev.Flow.Orig.Src.String() != conn.LocalAddr().String() {
+		t.Errorf("first event of the connection: %v %+v, want an update to ESTABLISHED, assured, from %v", ev.Type, ev.Flow, conn.LocalAddr())
+	}
+	conn.Close()
+	peer.Close()
+	expectEvents(t, events) // FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT: dropped
 }

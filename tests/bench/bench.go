@@ -27,7 +27,7 @@ type Config struct {
 	Runs int    // runs per figure (some sections cap it; see Plan)
 	// Quick: fewer runs and smaller N, for a run of a few minutes.
 	Quick bool
-	// Sections to run: "failover", "kept", "rate", "sync" (which includes "shell"); all
+	// Sections to run: "failover", "kept", "rate", "feed", "sync" (which includes "shell"); all
 	// when empty.
 	Sections map[string]bool
 	// Systems to run: "ours", "theirs"; both when empty.
@@ -53,6 +53,7 @@ type Plan struct {
 	RateTargets  []int
 	RateDur      time.Duration
 	RateRuns     int
+	FeedTargets  []int // the daemon's own ceiling (FeedOnce); 0 = as fast as the feeder goes
 	SyncN        []int
 	SyncRuns     []int // per SyncN
 	ShellRuns    int
@@ -83,6 +84,7 @@ func MakePlan(c Config) Plan {
 		RateTargets: []int{1000, 10000},
 		RateDur:     3 * time.Second,
 		RateRuns:    min(runs, 3),
+		FeedTargets: []int{10000, 30000, 0},
 		SyncN:       []int{100000, 1000000},
 		SyncRuns:    []int{min(runs, 3), min(runs, 2)},
 		ShellRuns:   min(runs, 3),
@@ -209,15 +211,20 @@ func runSystem(ctx context.Context, c Config, p Plan, name string, res *Results,
 	if c.section("kept") && ctx.Err() == nil {
 		measureKept(ctx, sys, p, res, logf)
 	}
-	// Bursts and full syncs run at each system's default detection: a short timeout on two
+	// Bursts, feeds and full syncs run at each system's default detection: a short timeout on two
 	// busy cores would turn a stalled heartbeat into a failover in the middle of them.
-	if (c.section("rate") || c.section("sync")) && ctx.Err() == nil {
+	if (c.section("rate") || c.section("feed") || c.section("sync")) && ctx.Err() == nil {
 		if err := sys.SetDetection(ctx, pick(p.Failover[0], name)); err != nil {
 			return err
 		}
 	}
 	if c.section("rate") && ctx.Err() == nil {
 		measureRate(ctx, sys, p, res, logf)
+	}
+	// The daemon's own ceiling: ours only, since it feeds the kernel events that applianced
+	// listens to; the lab's traffic generator is the limit of section 3.
+	if c.section("feed") && name == "ours" && ctx.Err() == nil {
+		measureFeed(ctx, sys, p, res, logf)
 	}
 	if c.section("sync") && ctx.Err() == nil {
 		measureSync(ctx, sys, p, res, logf)
@@ -365,6 +372,37 @@ func measureRate(ctx context.Context, sys System, p Plan, res *Results, logf log
 			}
 			if generatorLimited {
 				res.Note(RateKey(proto, target, "rate"), name, "generator-limited: the lab could not make the target rate (client, server, both devices and the harness share two cores)")
+			}
+		}
+	}
+}
+
+func measureFeed(ctx context.Context, sys System, p Plan, res *Results, logf logFunc) {
+	name := sys.Name()
+	next := 0 // synthetic flows are never reused across runs
+	for _, target := range p.FeedTargets {
+		for i := 0; i < p.RateRuns && ctx.Err() == nil; i++ {
+			r, err := FeedOnce(ctx, sys, target, p.RateDur, next)
+			next += r.Created + r.Failed + 1000
+			logf("%s feed %d/s run %d/%d: achieved %.0f/s failed %d created %d mirrored %d exact %v/%v cpu %v/%v overruns %d err=%v",
+				name, target, i+1, p.RateRuns, r.Achieved, r.Failed, r.Created, r.Mirrored,
+				r.ExactP50.Round(time.Microsecond), r.ExactP99.Round(time.Microsecond), r.CPUActive, r.CPUStandby, r.Overruns, err)
+			key := func(w string) string { return FeedKey(target, w) }
+			if err != nil || r.Created == 0 {
+				for _, w := range []string{"rate", "mirrored", "xp50", "xp99"} {
+					res.Fail(key(w), name)
+				}
+				continue
+			}
+			res.Add(key("rate"), name, r.Achieved)
+			res.Add(key("mirrored"), name, 100*float64(r.Mirrored)/float64(r.Created))
+			res.Add(key("xp50"), name, ms(r.ExactP50))
+			res.Add(key("xp99"), name, ms(r.ExactP99))
+			perFlow := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.Created) }
+			res.Add(key("cpu-active"), name, perFlow(r.CPUActive))
+			res.Add(key("cpu-standby"), name, perFlow(r.CPUStandby))
+			if r.Overruns > 0 {
+				res.Note(key("xp50"), name, fmt.Sprintf("the harness's event reader lost events %d times: lags are a floor", r.Overruns))
 			}
 		}
 	}

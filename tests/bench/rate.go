@@ -349,6 +349,19 @@ func lagPercentiles(lags []time.Duration) (p50, p99 time.Duration) {
 // RateOnce makes a burst of new flows of proto through the virtual server at target flows
 // per second for dur, and measures what the mirror did with them.
 func RateOnce(ctx context.Context, sys System, proto uint8, target int, dur time.Duration) (RateRun, error) {
+	gen := func(ctx context.Context, _ *labnet.Device) (int, int, time.Duration) {
+		return generate(ctx, sys.Lab().Client, proto, target, 64, dur)
+	}
+	return burstOnce(ctx, sys, proto, target, gen, nil)
+}
+
+// A burstFunc makes the new entries of one run on the active device; it returns how many
+// it made and failed to make, and how long it took.
+type burstFunc func(ctx context.Context, active *labnet.Device) (done, failed int, elapsed time.Duration)
+
+// burstOnce runs gen and measures what the mirror did with the entries it made. settle,
+// when set, runs after the standby has every entry and before the CPU times are read.
+func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen burstFunc, settle func(ctx context.Context, active, standby *labnet.Device)) (RateRun, error) {
 	r := RateRun{Target: target}
 	active, standby, err := sys.Pair(ctx)
 	if err != nil {
@@ -389,8 +402,7 @@ func RateOnce(ctx context.Context, sys System, proto uint8, target int, dur time
 	pidsA, pidsS := sys.DaemonPIDs(active), sys.DaemonPIDs(standby)
 	cpuA0, cpuS0 := cpuTimes(pidsA), cpuTimes(pidsS)
 
-	workers := 64
-	done, failed, elapsed := generate(ctx, sys.Lab().Client, proto, target, workers, dur)
+	done, failed, elapsed := gen(ctx, active)
 	r.Achieved = float64(done) / elapsed.Seconds()
 	r.Failed = failed
 	// Drain: until the standby has everything the active created, or 10 s of no progress.
@@ -410,6 +422,9 @@ func RateOnce(ctx context.Context, sys System, proto uint8, target int, dur time
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(2 * counterPoll)
+	if settle != nil {
+		settle(ctx, active, standby)
+	}
 	r.CPUActive, r.CPUStandby = cpuTimes(pidsA)-cpuA0, cpuTimes(pidsS)-cpuS0
 	created := onActive.stop()
 	r.Created = len(created)

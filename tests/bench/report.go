@@ -67,6 +67,21 @@ func (r *Results) Rows(p Plan) []Row {
 		}
 	}
 
+	head(fmt.Sprintf("3b. The daemon's own ceiling (ours only; the generator limits section 3): established TCP entries created in the active's kernel through ctnetlink for %v, each expiring after %d s; CPU covers its new and destroy events on both sides", p.RateDur, feedLifetime))
+	for _, t := range p.FeedTargets {
+		k := func(w string) string { return FeedKey(t, w) }
+		target := "as fast as one netlink socket goes"
+		if t > 0 {
+			target = "target " + thousands(t) + "/s"
+		}
+		row(k("rate"), fmt.Sprintf("entries/s fed (%s)", target), "/s", Higher, "")
+		row(k("mirrored"), "  of them in the standby's kernel", "%", Higher, "")
+		row(k("xp50"), "  lag p50, exact per entry kernel → kernel", "ms", Lower, "")
+		row(k("xp99"), "  lag p99, exact per entry kernel → kernel", "ms", Lower, "")
+		row(k("cpu-active"), "  CPU per mirrored flow, active (event in, stream out; destroy too)", "µs", Lower, "")
+		row(k("cpu-standby"), "  CPU per mirrored flow, standby (stream in, kernel inject and delete)", "µs", Lower, "")
+	}
+
 	head(fmt.Sprintf("4. Full sync (defaults): a standby that joins late (daemon restarted, kernel table emptied) until it holds every entry of the active (bound %v)", syncBound))
 	for _, n := range p.SyncN {
 		row(SyncKey(n, "resync"), fmt.Sprintf("%s entries: standby holds all (ours: kernel | theirs: external cache)", thousands(n)), "s", Lower, "")
