@@ -32,6 +32,10 @@ type Options struct {
 	// EventBuffer is the conntrack event socket's receive buffer in bytes (0: the default,
 	// large enough for bursts; tests make it tiny to provoke overruns).
 	EventBuffer int
+	// EventLinger is how long the active's event reader waits, once it has read its socket
+	// empty, before reading again while events keep coming (0: 1 ms; negative: not at all).
+	// Events are then read, mirrored and written in batches, not one thread wake-up each.
+	EventLinger time.Duration
 	// DigestInterval is how often the active sends a digest of its table for the standby to
 	// check (0: 10 s; negative: never).
 	DigestInterval time.Duration

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/openappliance/appliance/appliance/config"
 	"github.com/openappliance/appliance/appliance/tmsh"
@@ -27,6 +28,10 @@ const (
 // eventBuffer is the conntrack event socket's receive buffer: large, so that a burst of new
 // connections does not overrun it (an overrun is repaired by a full resync, but costs one).
 const eventBuffer = 32 << 20
+
+// eventLinger is Options.EventLinger's default: well inside a 5 ms lag budget, and it caps
+// the event reader's wake-ups at a thousand a second whatever the rate.
+const eventLinger = time.Millisecond
 
 // failoverConfig derives the failover machine's settings from the configuration.
 func (d *Daemon) failoverConfig(c *config.Config) failover.Config {
@@ -240,12 +245,22 @@ func (r *roleRunner) start(c *config.Config) {
 		if err := listener.SetFilter(conntrack.EventFilter{EstablishedTCP: true}); err != nil {
 			logger.Warn("conntrack events unfiltered: every TCP state change is read", slog.Any("err", err))
 		}
+		linger := d.opts.EventLinger
+		switch {
+		case linger == 0:
+			linger = eventLinger
+		case linger < 0:
+			linger = 0
+		}
+		listener.SetLinger(linger)
 		sender := mirror.NewSender(mirror.SenderConfig{
 			Device:         c.Local.Device.Name,
 			Peers:          peers,
 			Snapshot:       d.snapshot,
 			Logger:         logger,
 			DigestInterval: d.opts.DigestInterval,
+			// A burst the listener read in one go leaves in one write.
+			Linger: linger / 4,
 		})
 		r.statsMu.Lock()
 		r.sender = sender
@@ -334,6 +349,15 @@ func (w flowWriter) InjectBatch(flows []mirror.Flow) []error {
 		k[i] = w.d.standbyFlow(f)
 	}
 	return w.d.injTable.InjectBatch(k)
+}
+
+// DeleteBatch removes many mirrored flows in few netlink round trips.
+func (w flowWriter) DeleteBatch(flows []mirror.Flow) []error {
+	k := make([]conntrack.Flow, len(flows))
+	for i, f := range flows {
+		k[i] = toKernel(f)
+	}
+	return w.d.injTable.DeleteBatch(k)
 }
 
 var _ mirror.BatchWriter = flowWriter{}

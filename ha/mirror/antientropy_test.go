@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -233,6 +234,7 @@ func TestAntiEntropyChurn(t *testing.T) {
 	startReceiver(t, r)
 	s := NewSender(SenderConfig{Peers: r.Addrs(), Snapshot: ct.Snapshot, Logger: testLogger(t),
 		RetryInterval: 20 * time.Millisecond, DigestInterval: interval})
+	s.digestCostRatio = 0 // digests every interval, however long their dumps take
 	goRun(t, s.Run)
 	waitFor(t, testTimeout, func() bool { return r.Stats().Syncs == 1 }, func() string { return "no sync" })
 
@@ -455,5 +457,31 @@ func TestKernelCheckRefreshes(t *testing.T) {
 	}
 	if st := p.r.Stats(); st.DriftDetected != 0 || st.ResyncsRequested != 0 {
 		t.Errorf("refreshing looked like drift: %+v", st)
+	}
+}
+
+// TestDigestIntervalFollowsCost: when a digest's dump takes long (a table of millions), the
+// next digest waits digestCostRatio times that, not just DigestInterval, so that digests
+// never take more than a twentieth of the active's time.
+func TestDigestIntervalFollowsCost(t *testing.T) {
+	checkGoroutines(t)
+	r := NewReceiver(ReceiverConfig{Listen: []netip.AddrPort{freePort(t, "127.0.0.1")}, Table: newBatchTable(), Logger: testLogger(t)})
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	var dumps atomic.Int32
+	slow := func(ctx context.Context, fn func(Flow) error) error {
+		dumps.Add(1)
+		time.Sleep(40 * time.Millisecond) // each dump, full syncs' and digests', takes 40ms
+		return tr.Snapshot(ctx, fn)
+	}
+	s := NewSender(SenderConfig{Peers: r.Addrs(), Snapshot: slow, Logger: testLogger(t),
+		RetryInterval: 20 * time.Millisecond, DigestInterval: 50 * time.Millisecond})
+	s.digestSettle = 0
+	goRun(t, s.Run)
+	time.Sleep(2 * time.Second)
+	// One sync, then digests at 50ms and at least 20×40ms apart: 2 or 3 in 2s, where the
+	// interval alone would have given some 20.
+	if n := s.Stats().DigestsSent; n < 2 || n > 3 {
+		t.Errorf("%d digests sent in 2s, want 2 or 3 (dumps: %d)", n, dumps.Load())
 	}
 }

@@ -7,9 +7,9 @@ import (
 	"testing"
 )
 
-// TestBatchInjection: consecutive upserts reach a BatchWriter in runs of at most maxBatch,
-// one per key (the latest), and a delete or a sync frame cuts a run, so that the table sees
-// the stream's order.
+// TestBatchInjection: consecutive upserts and deletes reach a BatchWriter in runs of at most
+// maxBatch, one change per key (the latest), the deletes of a run first; a sync frame cuts a
+// run, so that the table sees the stream's order where it matters.
 func TestBatchInjection(t *testing.T) {
 	checkGoroutines(t)
 	table := newBatchTable()
@@ -28,24 +28,31 @@ func TestBatchInjection(t *testing.T) {
 		return frame{typ: frameDelete, flow: Flow{Proto: f.Proto, Orig: f.Orig}}
 	}
 	// One write, so that the Receiver finds every frame buffered.
-	c.send(helloFrame("a"), at(1, 1), at(2, 1), at(1, 2), frame{typ: frameKeepalive}, del(2), at(2, 3), at(3, 1))
-	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 5 && r.Flows() == 3 },
+	c.send(helloFrame("a"), at(1, 1), at(2, 1), at(1, 2), frame{typ: frameKeepalive}, del(2), at(2, 3), at(3, 1), at(4, 1))
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 6 && r.Flows() == 4 },
+		func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	// Then 4 is deleted, 5 (never held) too, and 6 comes: the deletes go first.
+	c.send(del(4), at(6, 1), del(5))
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 7 && r.Flows() == 4 },
 		func() string { return fmt.Sprintf("%+v", r.Stats()) })
 	want := []string{
 		fmt.Sprintf("upsert %v/2", testFlow(1).Orig.Src), // the second upsert of 1 replaced the first
-		fmt.Sprintf("upsert %v/1", testFlow(2).Orig.Src),
-		fmt.Sprintf("delete %v", testFlow(2).Orig.Src),
-		fmt.Sprintf("upsert %v/3", testFlow(2).Orig.Src),
+		fmt.Sprintf("upsert %v/3", testFlow(2).Orig.Src), // upsert, delete, upsert: the last
 		fmt.Sprintf("upsert %v/1", testFlow(3).Orig.Src),
+		fmt.Sprintf("upsert %v/1", testFlow(4).Orig.Src),
+		"deletes 2",
+		fmt.Sprintf("delete %v", testFlow(4).Orig.Src),
+		fmt.Sprintf("delete %v", testFlow(5).Orig.Src),
+		fmt.Sprintf("upsert %v/1", testFlow(6).Orig.Src),
 	}
 	if got := table.callLog(); !slices.Equal(got, want) {
 		t.Errorf("table calls\n%q\nwant\n%q", got, want)
 	}
-	if got := table.batchSizes(); !slices.Equal(got, []int{2, 2}) {
-		t.Errorf("batches %v, want [2 2]", got)
+	if got := table.batchSizes(); !slices.Equal(got, []int{4, 1}) {
+		t.Errorf("inject batches %v, want [4 1]", got)
 	}
-	if st := r.Stats(); st.Coalesced != 1 || st.Batches != 2 || st.Applied != 5 || st.LastApplied.IsZero() {
-		t.Errorf("receiver stats %+v: want 1 coalesced, 2 batches, 5 applied", st)
+	if st := r.Stats(); st.Coalesced != 3 || st.Batches != 2 || st.Applied != 7 || st.Deletes != 3 || st.LastApplied.IsZero() {
+		t.Errorf("receiver stats %+v: want 3 coalesced, 2 batches, 7 applied, 3 deletes", st)
 	}
 
 	// A long run is cut at maxBatch.
@@ -54,7 +61,7 @@ func TestBatchInjection(t *testing.T) {
 		frames = append(frames, at(100+i, 1))
 	}
 	c.send(frames...)
-	waitFor(t, testTimeout, func() bool { return r.Flows() == 1003 }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	waitFor(t, testTimeout, func() bool { return r.Flows() == 1004 }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
 	sizes := table.batchSizes()[2:]
 	total := 0
 	for _, n := range sizes {

@@ -41,6 +41,7 @@ func (noopTable) Delete(Flow) error { return nil }
 type noopBatchTable struct{ noopTable }
 
 func (noopBatchTable) InjectBatch([]Flow) []error { return nil }
+func (noopBatchTable) DeleteBatch([]Flow) []error { return nil }
 
 var benchTables = []struct {
 	name  string
@@ -177,7 +178,7 @@ func cpuTime() time.Duration {
 // million).
 func BenchmarkHeldMemory(b *testing.B) {
 	r := NewReceiver(ReceiverConfig{Table: noopBatchTable{}})
-	var ub upsertBatch
+	var ub changeBatch
 	ub.init()
 	var m0, m1 runtime.MemStats
 	runtime.GC()
@@ -187,10 +188,10 @@ func BenchmarkHeldMemory(b *testing.B) {
 		f := benchFlow(i)
 		ub.add(&f)
 		if ub.full() {
-			r.applyUpserts(&ub)
+			r.applyBatch(&ub)
 		}
 	}
-	r.applyUpserts(&ub)
+	r.applyBatch(&ub)
 	b.StopTimer()
 	runtime.GC()
 	runtime.ReadMemStats(&m1)

@@ -24,7 +24,8 @@
 // that expired or was deleted on the standby, a write the standby's kernel refused), so the two
 // ends compare their tables, by digest rather than by copy, and repair what differs:
 //
-//   - Every SenderConfig.DigestInterval (10s) the Sender dumps its table (Snapshot) and writes a
+//   - Every SenderConfig.DigestInterval (10s; longer for a table so large that a dump takes
+//     more than a twentieth of that) the Sender dumps its table (Snapshot) and writes a
 //     Digest: the number of flows and the sum (mod 2^64) of XXH64 over each flow's key and reply
 //     tuple (state, timeout and mark change all the time and do not count). The dump is not
 //     atomic, so the Sender keeps sending changes while it runs, remembers the last change sent

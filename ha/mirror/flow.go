@@ -51,16 +51,18 @@ type FlowWriter interface {
 	Delete(Flow) error
 }
 
-// BatchWriter is a FlowWriter that can apply many upserts in one call (for the kernel, many
+// BatchWriter is a FlowWriter that can apply many changes in one call (for the kernel, many
 // netlink messages in one sendmsg); the Receiver uses it when the Table implements it. It
-// passes runs of up to 256 consecutive FlowUpserts with distinct keys, in stream order
-// relative to deletes and syncs, and never keeps the slice after the call returns.
+// passes runs of up to 256 changes with distinct keys, the deletes of a run before its
+// upserts, in stream order relative to syncs, and never keeps the slice after the call
+// returns.
 //
-// InjectBatch returns errs[i] for flows[i]: a nil slice, or a nil entry, is a success (a
-// slice shorter than flows counts as nil for the flows past its end). It is called under the
-// same rule as the FlowWriter methods: one goroutine at a time.
+// InjectBatch and DeleteBatch return errs[i] for flows[i]: a nil slice, or a nil entry, is a
+// success (a slice shorter than flows counts as nil for the flows past its end). They are
+// called under the same rule as the FlowWriter methods: one goroutine at a time.
 type BatchWriter interface {
 	InjectBatch(flows []Flow) []error
+	DeleteBatch(flows []Flow) []error
 }
 
 // Address families on the wire.

@@ -340,6 +340,25 @@ func (bt *batchTable) InjectBatch(flows []Flow) []error {
 	return errs
 }
 
+// DeleteBatch logs "deletes N" and then each flow's delete.
+func (bt *batchTable) DeleteBatch(flows []Flow) []error {
+	bt.mu.Lock()
+	if bt.log {
+		bt.calls = append(bt.calls, fmt.Sprintf("deletes %d", len(flows)))
+	}
+	bt.mu.Unlock()
+	var errs []error
+	for i, f := range flows {
+		if err := bt.Delete(f); err != nil {
+			if errs == nil {
+				errs = make([]error, len(flows))
+			}
+			errs[i] = err
+		}
+	}
+	return errs
+}
+
 func (bt *batchTable) Delete(f Flow) error {
 	bt.mu.Lock()
 	if bt.log {

@@ -374,7 +374,7 @@ type link struct {
 	rd    *deadlineReader
 	dec   *decoder
 	sync  syncState
-	batch upsertBatch
+	batch changeBatch
 
 	synced        bool                   // a full sync has ended on this connection
 	digestSuspect bool                   // the last digest did not match
@@ -408,7 +408,7 @@ func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
 
 	for {
 		if !l.dec.frameBuffered() {
-			// The next read may wait for the network: write the pending upserts first.
+			// The next read may wait for the network: write the pending changes first.
 			l.flush()
 		}
 		if err := l.pollCheck(); err != nil {
@@ -446,15 +446,21 @@ func (l *link) handle(fr *frame) error {
 			l.flush()
 		}
 		return nil
-	case frameKeepalive:
-		return nil // does not break a run of upserts
-	}
-	// Any other frame is ordered after the upserts before it.
-	l.flush()
-	switch fr.typ {
 	case frameDelete:
 		r.deletes.Add(1)
-		r.delete(&fr.flow)
+		if l.batch.addDelete(&fr.flow) {
+			r.coalesced.Add(1)
+		}
+		if l.batch.full() {
+			l.flush()
+		}
+		return nil
+	case frameKeepalive:
+		return nil // does not break a run of changes
+	}
+	// Any other frame is ordered after the changes before it.
+	l.flush()
+	switch fr.typ {
 	case frameSyncBegin:
 		if l.sync.active {
 			r.log.Info("full sync restarted by the peer", "old_sync_id", l.sync.id, "sync_id", fr.syncID)
@@ -494,60 +500,91 @@ func (l *link) handle(fr *frame) error {
 }
 
 // flush writes the pending run of upserts.
-func (l *link) flush() { l.r.applyUpserts(&l.batch) }
+func (l *link) flush() { l.r.applyBatch(&l.batch) }
 
-// upsertBatch is a run of consecutive upserts waiting to be written, one per key (the latest).
-type upsertBatch struct {
-	flows  []Flow
+// changeBatch is a run of consecutive upserts and deletes waiting to be written, one per key
+// (the latest). Its keys are distinct, so their order does not matter to the table.
+type changeBatch struct {
+	flows  []Flow // a delete's carries Proto and Orig
 	keys   []packedKey
-	hashes []uint64
-	errs   []error // scratch for a Table without InjectBatch
+	hashes []uint64 // 0 for a delete
+	del    []bool
 	index  map[packedKey]int
+
+	// Scratch for applyBatch: the deletes and the upserts, split out, and their positions.
+	delFlows, upFlows []Flow
+	delPos, upPos     []int
+	errs              []error
 }
 
-// maxBatch bounds a run of upserts: enough to amortise a system call, little enough that a
+// maxBatch bounds a run of changes: enough to amortise a system call, little enough that a
 // batch is written within a millisecond or so.
 const maxBatch = 256
 
-func (b *upsertBatch) init() {
+func (b *changeBatch) init() {
 	b.flows = make([]Flow, 0, maxBatch)
 	b.keys = make([]packedKey, 0, maxBatch)
 	b.hashes = make([]uint64, 0, maxBatch)
+	b.del = make([]bool, 0, maxBatch)
 	b.index = make(map[packedKey]int, maxBatch)
 }
 
-// add queues a decoded (so valid) flow; it reports whether it replaced a queued one.
-func (b *upsertBatch) add(f *Flow) (coalesced bool) {
+// add queues a decoded (so valid) upsert; it reports whether it replaced a queued change.
+func (b *changeBatch) add(f *Flow) (coalesced bool) {
 	fam, _ := flowFamily(f)
 	k := packKey(f.Proto, fam, f.Orig)
-	h := flowHash(&k, f.Reply)
+	return b.put(k, f, flowHash(&k, f.Reply), false)
+}
+
+// addDelete queues a decoded delete; it reports whether it replaced a queued change.
+func (b *changeBatch) addDelete(f *Flow) (coalesced bool) {
+	fam, _ := family(f.Orig.Src, f.Orig.Dst)
+	k := packKey(f.Proto, fam, f.Orig)
+	return b.put(k, &Flow{Proto: f.Proto, Orig: f.Orig}, 0, true)
+}
+
+func (b *changeBatch) put(k packedKey, f *Flow, h uint64, del bool) (coalesced bool) {
 	if i, ok := b.index[k]; ok {
-		b.flows[i], b.hashes[i] = *f, h
+		b.flows[i], b.hashes[i], b.del[i] = *f, h, del
 		return true
 	}
 	b.index[k] = len(b.flows)
 	b.flows = append(b.flows, *f)
 	b.keys = append(b.keys, k)
 	b.hashes = append(b.hashes, h)
+	b.del = append(b.del, del)
 	return false
 }
 
-func (b *upsertBatch) full() bool { return len(b.flows) >= maxBatch }
+func (b *changeBatch) full() bool { return len(b.flows) >= maxBatch }
 
-func (b *upsertBatch) reset() {
+func (b *changeBatch) reset() {
 	clear(b.flows) // drop address zone pointers
-	b.flows, b.keys, b.hashes = b.flows[:0], b.keys[:0], b.hashes[:0]
+	clear(b.delFlows)
+	clear(b.upFlows)
+	clear(b.errs)
+	b.flows, b.keys, b.hashes, b.del = b.flows[:0], b.keys[:0], b.hashes[:0], b.del[:0]
+	b.delFlows, b.upFlows, b.delPos, b.upPos = b.delFlows[:0], b.upFlows[:0], b.delPos[:0], b.upPos[:0]
 	clear(b.index)
 }
 
-// applyUpserts writes a run of upserts, with InjectBatch when the table has it, and empties it.
-// A failure is counted and logged and does not stop the stream. A key already held stays held
-// even when its update fails: the older entry is still in the kernel, and still better than
-// none at failover.
-func (r *Receiver) applyUpserts(b *upsertBatch) {
+// applyBatch writes a run of changes and empties it: the deletes first, since an upsert may
+// need a reply tuple (an SNAT port) that a deleted entry frees, each kind in one call when
+// the table is a BatchWriter. A failure is counted and logged and does not stop the stream.
+// A key already held stays held even when its update fails: the older entry is still in the
+// kernel, and still better than none at failover. A deleted key is forgotten even when its
+// delete fails, as the peer no longer has it.
+func (r *Receiver) applyBatch(b *changeBatch) {
 	n := len(b.flows)
 	if n == 0 {
 		return
+	}
+	for i := range b.flows {
+		if b.del[i] {
+			b.delFlows, b.delPos = append(b.delFlows, b.flows[i]), append(b.delPos, i)
+		} else {
+			b.upFlows, b.upPos = append(b.upFlows, b.flows[i]), append(b.upPos, i)
+		}
 	}
 	r.mu.Lock()
 	if r.touched != nil {
@@ -555,26 +592,29 @@ func (r *Receiver) applyUpserts(b *upsertBatch) {
 			r.touched[b.keys[i]] = struct{}{}
 		}
 	}
-	var errs []error
-	if r.batch != nil {
-		errs = r.batch.InjectBatch(b.flows)
-	} else {
-		errs = b.errs[:0]
-		for i := range b.flows {
-			errs = append(errs, r.cfg.Table.Inject(b.flows[i]))
+	delErrs := r.writeBatch(b.delFlows, true, &b.errs)
+	upErrs := r.writeBatch(b.upFlows, false, &b.errs)
+	errAt := func(errs []error, j int) error {
+		if j < len(errs) {
+			return errs[j]
 		}
-		b.errs = errs
+		return nil
 	}
-	failed, added := 0, 0
-	for i := range b.keys {
-		var err error
-		if i < len(errs) {
-			err = errs[i]
+	injectFailed, deleteFailed, added, removed := 0, 0, 0, 0
+	for j, i := range b.delPos {
+		if errAt(delErrs, j) != nil {
+			deleteFailed++
 		}
+		if e, had := r.held.remove(&b.keys[i]); had {
+			r.sum -= e.hash
+			removed++
+		}
+	}
+	for j, i := range b.upPos {
 		k := &b.keys[i]
 		e, had := r.held.get(k)
-		if err != nil {
-			failed++
+		if errAt(upErrs, j) != nil {
+			injectFailed++
 			if !had {
 				continue
 			}
@@ -590,48 +630,49 @@ func (r *Receiver) applyUpserts(b *upsertBatch) {
 	}
 	// The counters first: whoever sees Flows change sees them too.
 	r.batches.Add(1)
-	if failed < n {
+	if failed := injectFailed + deleteFailed; failed < n {
 		r.applied.Add(uint64(n - failed))
 		r.lastApplied.Store(time.Now().UnixNano())
 	}
-	r.injectErrs.Add(uint64(failed))
-	r.nheld.Add(int64(added))
+	r.injectErrs.Add(uint64(injectFailed))
+	r.deleteErrs.Add(uint64(deleteFailed))
+	r.nheld.Add(int64(added - removed))
 	r.mu.Unlock()
 
-	if failed > 0 {
-		for i := range b.flows {
-			if i < len(errs) && errs[i] != nil {
-				r.tableError("inject failed", &b.flows[i], errs[i])
-			}
+	for j, i := range b.delPos {
+		if err := errAt(delErrs, j); err != nil {
+			r.tableError("delete failed", &b.flows[i], err)
 		}
 	}
-	clear(b.errs)
+	for j, i := range b.upPos {
+		if err := errAt(upErrs, j); err != nil {
+			r.tableError("inject failed", &b.flows[i], err)
+		}
+	}
 	b.reset()
 }
 
-// delete applies a FlowDelete.
-func (r *Receiver) delete(f *Flow) {
-	fam, _ := family(f.Orig.Src, f.Orig.Dst)
-	k := packKey(f.Proto, fam, f.Orig)
-	r.mu.Lock()
-	if r.touched != nil {
-		r.touched[k] = struct{}{}
+// writeBatch injects (or deletes) flows in one call when the table is a BatchWriter, else
+// one by one; it returns their errors as BatchWriter does. With r.mu held.
+func (r *Receiver) writeBatch(flows []Flow, del bool, scratch *[]error) []error {
+	switch {
+	case len(flows) == 0:
+		return nil
+	case r.batch != nil && del:
+		return r.batch.DeleteBatch(flows)
+	case r.batch != nil:
+		return r.batch.InjectBatch(flows)
 	}
-	err := r.cfg.Table.Delete(*f)
-	if err != nil {
-		r.deleteErrs.Add(1)
-	} else {
-		r.applied.Add(1)
-		r.lastApplied.Store(time.Now().UnixNano())
+	errs := (*scratch)[:0]
+	for i := range flows {
+		if del {
+			errs = append(errs, r.cfg.Table.Delete(flows[i]))
+		} else {
+			errs = append(errs, r.cfg.Table.Inject(flows[i]))
+		}
 	}
-	if e, had := r.held.remove(&k); had {
-		r.sum -= e.hash
-		r.nheld.Add(-1)
-	}
-	r.mu.Unlock()
-	if err != nil {
-		r.tableError("delete failed", f, err)
-	}
+	*scratch = errs
+	return errs
 }
 
 // sweep deletes the held flows that the sync just ended did not carry, and returns how many.

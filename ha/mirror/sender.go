@@ -42,7 +42,16 @@ type SenderConfig struct {
 	// means the default, 10s; a negative value sends no digests. The peer asks for a digest
 	// early when the last one did not match, whatever the interval (but not when disabled).
 	DigestInterval time.Duration
+	// Linger is how long the Sender waits, once woken by a change, before it takes the
+	// queue: the changes of a burst then go out in one write rather than a write (and a
+	// thread switch) each. Zero takes the queue at once.
+	Linger time.Duration
 }
+
+// digestCostRatio bounds the share of time that digests take: the pause before the next is
+// at least this many times as long as the last one took (its snapshot dumps the whole
+// kernel table, a few seconds for a million entries), whatever DigestInterval says.
+const digestCostRatio = 20
 
 // DefaultDigestInterval is SenderConfig.DigestInterval's default.
 const DefaultDigestInterval = 10 * time.Second
@@ -77,6 +86,8 @@ type Sender struct {
 	// Timing; tests shorten them.
 	keepalive, writeTimeout time.Duration
 	digestSettle            time.Duration // see sendDigest
+	digestCostRatio         time.Duration // see the constant; tests that race digests set 0
+	lastDigestTook          time.Duration // the last digest's snapshot and send, for its interval
 
 	resync    atomic.Bool // a full sync is due on the current connection
 	digestReq atomic.Bool // the peer asked for an early digest
@@ -117,14 +128,15 @@ func NewSender(cfg SenderConfig) *Sender {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Sender{
-		cfg:          cfg,
-		log:          log.With("component", "mirror-sender"),
-		q:            newQueue(cfg.MaxQueue),
-		session:      rand.Uint64(),
-		keepalive:    keepaliveInterval,
-		writeTimeout: writeTimeout,
-		digestSettle: digestSettle,
-		window:       make(map[uint64]windowChange),
+		cfg:             cfg,
+		log:             log.With("component", "mirror-sender"),
+		q:               newQueue(cfg.MaxQueue),
+		session:         rand.Uint64(),
+		keepalive:       keepaliveInterval,
+		writeTimeout:    writeTimeout,
+		digestSettle:    digestSettle,
+		digestCostRatio: digestCostRatio,
+		window:          make(map[uint64]windowChange),
 	}
 }
 
@@ -373,8 +385,9 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			if err != nil && !errors.Is(err, errRestartSync) {
 				return err
 			}
-			// After a digest, or a full sync that interrupted one: the next after an interval.
-			digestTimer.Reset(s.cfg.DigestInterval)
+			// After a digest, or a full sync that interrupted one: the next after an interval,
+			// longer when the table is so large that digests would cost too much.
+			digestTimer.Reset(max(s.cfg.DigestInterval, s.digestCostRatio*s.lastDigestTook))
 			continue
 		}
 		b := s.q.take()
@@ -387,6 +400,9 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			case <-s.q.wake:
+				if s.cfg.Linger > 0 && !sleepCtx(ctx, s.cfg.Linger) {
+					return context.Cause(ctx)
+				}
 			case <-digestC:
 				digestDue = true
 			case <-ticker.C:
@@ -626,6 +642,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	}
 	s.digestsSent.Add(1)
 	s.lastDigest.Store(time.Now().UnixNano())
+	s.lastDigestTook = time.Since(start) - s.digestSettle
 	s.log.Debug("digest sent", "digest_id", s.digestID, "flows", d.count, "changed_meanwhile", len(s.window),
 		"duration", time.Since(start))
 	if len(s.window) > 1<<16 {

@@ -55,6 +55,7 @@ const (
 	opUpdate                 // update in place (same binding), status from the entry got
 	opReplace                // delete the entry got, by id, then create
 	opDelete                 // delete the entry got, by id, then give up (no attempt left)
+	opRemove                 // delete by original tuple (DeleteBatch); a missing entry is done
 	opDone
 )
 
@@ -141,15 +142,34 @@ func (t *Table) InjectBatch(flows []Flow) []error {
 	var errs []error
 	for start := 0; start < len(flows); {
 		t.mu.Lock()
-		start += t.injectGroup(flows, start, &errs)
+		start += t.injectGroup(flows, start, &errs, false)
 		t.mu.Unlock()
 	}
 	return errs
 }
 
-// injectGroup injects flows from start on, as many as make one group, and returns how
-// many it took. With t.mu held.
-func (t *Table) injectGroup(flows []Flow, start int, errs *[]error) int {
+// DeleteBatch deletes flows as Delete does (by f.Proto and f.Orig; a missing entry is not
+// an error), with the outcome of calling Delete for each flow in slice order, but with
+// many netlink requests per system call, as InjectBatch. errs[i] belongs to flows[i];
+// errs is nil when every delete succeeded. Safe for concurrent use with every other
+// method.
+func (t *Table) DeleteBatch(flows []Flow) []error {
+	var errs []error
+	for start := 0; start < len(flows); {
+		t.mu.Lock()
+		start += t.injectGroup(flows, start, &errs, true)
+		t.mu.Unlock()
+	}
+	return errs
+}
+
+// injectGroup injects (or, with remove, deletes) flows from start on, as many as make one
+// group, and returns how many it took. With t.mu held.
+func (t *Table) injectGroup(flows []Flow, start int, errs *[]error, remove bool) int {
+	verb := "inject"
+	if remove {
+		verb = "delete"
+	}
 	b := &t.batch
 	if b.keys == nil {
 		b.keys = make(map[flowKey]struct{}, batchFlows)
@@ -161,10 +181,17 @@ func (t *Table) injectGroup(flows []Flow, start int, errs *[]error) int {
 		first = opProbe
 	}
 	n := 0
+	if remove {
+		first = opRemove
+	}
 	for i := start; i < len(flows) && len(b.items) < batchFlows; i++ {
-		f, err := flows[i].normalize()
+		f := flows[i]
+		if remove {
+			f = Flow{Proto: f.Proto, Orig: f.Orig}
+		}
+		f, err := f.normalize()
 		if err != nil {
-			setErr(errs, len(flows), i, fmt.Errorf("inject flow %v: %w", f, err))
+			setErr(errs, len(flows), i, fmt.Errorf("%s flow %v: %w", verb, f, err))
 			n++
 			continue
 		}
@@ -176,7 +203,10 @@ func (t *Table) injectGroup(flows []Flow, start int, errs *[]error) int {
 			break
 		}
 		b.keys[k] = struct{}{}
-		it := batchItem{idx: i, f: f, want: f.natReply(), op: first}
+		it := batchItem{idx: i, f: f, op: first}
+		if !remove {
+			it.want = f.natReply()
+		}
 		if first == opCreate {
 			it.creates = 1
 		}
@@ -191,8 +221,11 @@ func (t *Table) injectGroup(flows []Flow, start int, errs *[]error) int {
 	for i := range b.items {
 		it := &b.items[i]
 		if it.err != nil {
-			setErr(errs, len(flows), it.idx, fmt.Errorf("inject flow %v: %w", it.f, it.err))
+			setErr(errs, len(flows), it.idx, fmt.Errorf("%s flow %v: %w", verb, it.f, it.err))
 		}
+	}
+	if remove {
+		return n
 	}
 	for i := range b.items {
 		if it := &b.items[i]; it.counted {
@@ -233,7 +266,7 @@ func (t *Table) round() bool {
 			b.reqs = append(b.reqs, batchReq{item: i, kind: reqUpdate})
 		case opReplace:
 			b.reqs = append(b.reqs, batchReq{item: i, kind: reqDelete}, batchReq{item: i, kind: reqCreate})
-		case opDelete:
+		case opDelete, opRemove:
 			b.reqs = append(b.reqs, batchReq{item: i, kind: reqDelete})
 		}
 	}
@@ -406,6 +439,12 @@ func (it *batchItem) step(reqs []batchReq) {
 		default:
 			it.fail(fmt.Errorf("update: %w", u.errno))
 		}
+	case opRemove:
+		if d := reqs[0]; d.errno != 0 && d.errno != unix.ENOENT {
+			it.fail(d.errno)
+			return
+		}
+		it.op = opDone
 	case opDelete:
 		if d := reqs[0]; d.errno != 0 && d.errno != unix.ENOENT {
 			it.fail(fmt.Errorf("delete %v: %w", it.cur, d.errno))

@@ -101,6 +101,52 @@ func TestInjectBatchMixed(t *testing.T) {
 	}
 }
 
+// TestDeleteBatch deletes, in one call, half the entries of a table of 3000 (more than a
+// group), flows that have no entry, and an invalid flow: only the invalid one fails, and
+// exactly the other half remains.
+func TestDeleteBatch(t *testing.T) {
+	ns := natNS(t, "ctbdel")
+	tbl := openTable(t, ns)
+	var flows []Flow
+	for i := range 3000 {
+		flows = append(flows, mixedFlow(i, 100))
+	}
+	if errs := tbl.InjectBatch(flows); errs != nil {
+		t.Fatalf("InjectBatch: %v", errors.Join(errs...))
+	}
+	var del []Flow
+	keep := map[flowKey]bool{}
+	for i, f := range flows {
+		if i%2 == 0 {
+			del = append(del, Flow{Proto: f.Proto, Orig: f.Orig}) // the rest of f is not needed
+		} else {
+			keep[flowKey{f.Proto, f.Orig}] = true
+		}
+	}
+	for i := range 10 {
+		del = append(del, mixedFlow(5000+i, 100)) // no such entry
+	}
+	del = append(del, Flow{Proto: unix.IPPROTO_TCP}) // no tuple
+	errs := tbl.DeleteBatch(del)
+	if len(errs) != len(del) {
+		t.Fatalf("DeleteBatch returned %d errors for %d flows, want one per flow (the invalid one failing)", len(errs), len(del))
+	}
+	for i, err := range errs {
+		if (err != nil) != (i == len(del)-1) {
+			t.Errorf("flow %d %v: error %v", i, del[i], err)
+		}
+	}
+	got := dumpAll(t, tbl)
+	if len(got) != len(keep) {
+		t.Errorf("%d entries remain, want %d", len(got), len(keep))
+	}
+	for k := range got {
+		if !keep[k] {
+			t.Errorf("entry %v was to be deleted", k)
+		}
+	}
+}
+
 // dumpAll returns the table's entries by original tuple.
 func dumpAll(t *testing.T, tbl *Table) map[flowKey]Flow {
 	t.Helper()

@@ -343,3 +343,56 @@ func TestListenerEstablishedTCP(t *testing.T) {
 	peer.Close()
 	expectEvents(t, events) // FIN_WAIT, CLOSE_WAIT, LAST_ACK, TIME_WAIT: dropped
 }
+
+// TestListenerLinger: with a linger, events that come while the reader waits are read in
+// one go, and none is lost or reordered.
+func TestListenerLinger(t *testing.T) {
+	ns := natNS(t, "ctlling")
+	tbl := openTable(t, ns)
+	var l *Listener
+	ns.MustDo(func() (err error) { l, err = NewListener(1 << 20); return err })
+	l.SetLinger(5 * time.Millisecond)
+	ch := make(chan Event, 1<<12)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, func(e Event) { ch <- e }) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return within 5s of cancel")
+		}
+	}()
+	var want []Event
+	for i := range 200 {
+		f := mixedFlow(i, 100)
+		if err := tbl.Inject(f); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, Event{Type: EventNew, Flow: f})
+	}
+	expectEvents(t, ch, want...)
+}
+
+// FuzzNextMessage: the splitter of received datagrams never panics, and every message it
+// returns lies within the input, its header's length covering it.
+func FuzzNextMessage(f *testing.F) {
+	f.Add([]byte{20, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0})
+	f.Add([]byte{16, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		for rest := b; len(rest) > 0; {
+			m, next, ok := nextMessage(rest)
+			if !ok {
+				return
+			}
+			if int(m.Header.Length) != unix.NLMSG_HDRLEN+len(m.Data) || len(next) >= len(rest) {
+				t.Fatalf("message %+v of %d bytes from %d, %d left", m.Header, len(m.Data), len(rest), len(next))
+			}
+			rest = next
+		}
+	})
+}

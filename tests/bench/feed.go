@@ -23,7 +23,7 @@ const feedLifetime = 1 // seconds
 // times cover a flow's whole life.
 func FeedOnce(ctx context.Context, sys System, target int, dur time.Duration, first int) (RateRun, error) {
 	gen := func(ctx context.Context, active *labnet.Device) (int, int, time.Duration) {
-		return feedKernel(ctx, active.NS, first, target, dur)
+		return FeedKernel(ctx, active.NS, first, target, dur)
 	}
 	settle := func(ctx context.Context, active, standby *labnet.Device) {
 		_ = poll(ctx, time.Minute, 50*time.Millisecond, "fed entries expired and deleted", func() (bool, error) {
@@ -39,9 +39,9 @@ func FeedOnce(ctx context.Context, sys System, target int, dur time.Duration, fi
 	return burstOnce(ctx, sys, 6, target, gen, settle)
 }
 
-// feedKernel is FeedOnce's generator: each millisecond it creates, in one netlink batch, the
+// FeedKernel is FeedOnce's generator (and lab feed's): each millisecond it creates, in one netlink batch, the
 // entries due by then.
-func feedKernel(ctx context.Context, ns string, first, target int, dur time.Duration) (done, failed int, elapsed time.Duration) {
+func FeedKernel(ctx context.Context, ns string, first, target int, dur time.Duration) (done, failed int, elapsed time.Duration) {
 	var t *conntrack.Table
 	if err := labnet.Do(ns, func() (err error) { t, err = conntrack.Open(); return err }); err != nil {
 		return 0, 1, 0

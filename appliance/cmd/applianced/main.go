@@ -42,6 +42,7 @@ func run() error {
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this management address:port (such as 192.0.2.5:9410); empty: off")
 	eventBuffer := flag.Int("event-buffer", 0, "conntrack event socket receive buffer in bytes (0: 32 MiB)")
+	eventLinger := flag.Duration("event-linger", 0, "on the active, how long the event reader waits once the socket is empty while events keep coming, to read them in batches (0: 1ms; negative: never)")
 	digestInterval := flag.Duration("digest-interval", 0, "how often the active sends the standby a digest of the mirrored table to check (0: 10s; negative: never)")
 	flag.Parse()
 
@@ -65,7 +66,7 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})).With("device", *name)
 
-	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, DigestInterval: *digestInterval})
+	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, EventLinger: *eventLinger, DigestInterval: *digestInterval})
 	if err != nil {
 		return err
 	}

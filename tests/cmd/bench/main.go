@@ -68,7 +68,7 @@ func run() error {
 	sections := map[string]bool{}
 	for _, s := range splitList(*only) {
 		switch s {
-		case "failover", "kept", "rate", "sync":
+		case "failover", "kept", "rate", "feed", "sync":
 			sections[s] = true
 		default:
 			return fmt.Errorf("-only: unknown section %q", s)

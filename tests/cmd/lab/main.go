@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/openappliance/appliance/tests/bench"
 	"github.com/openappliance/appliance/tests/labnet"
 )
 
@@ -33,6 +34,8 @@ func main() {
 	listen := fs.String("listen", "", "echo: comma-separated addresses to listen on")
 	target := fs.String("target", net.JoinHostPort(labnet.VirtualIP, strconv.Itoa(labnet.VirtualPort)), "client: the virtual server")
 	conns := fs.Int("conns", 10, "client: long-lived connections to open")
+	rate := fs.Int("rate", 10000, "feed: entries a second (0: as fast as one netlink socket goes)")
+	dur := fs.Duration("dur", 10*time.Second, "feed: how long")
 	fs.Parse(os.Args[2:])
 	var err error
 	switch os.Args[1] {
@@ -48,6 +51,12 @@ func main() {
 		err = fail(*dir, *bin, fs.Arg(0))
 	case "restart":
 		err = restart(*dir, *bin, fs.Arg(0))
+	case "feed":
+		name := fs.Arg(0)
+		if fs.NArg() > 0 {
+			fs.Parse(fs.Args()[1:]) // the flags after the device's name
+		}
+		err = feed(name, *rate, *dur)
 	default:
 		usage()
 	}
@@ -62,6 +71,10 @@ func usage() {
        lab client [-conns N]      (run inside the client namespace: ip netns exec lab-cl ...)
        lab fail lb1|lb2           (links down + SIGKILL of the daemon)
        lab restart lb1|lb2        (links up, daemon started again)
+       lab feed lb1|lb2 [-rate N] [-dur D]
+                                  (established entries of the virtual created in the
+                                   device's kernel, each living 1 s: the mirror's load
+                                   without a traffic generator)
        lab echo -listen ADDR,...  (the echo servers; started by up)`)
 	os.Exit(2)
 }
@@ -174,6 +187,15 @@ func restart(dir, bin, name string) error {
 	}
 	writePid(dir, name, pid)
 	fmt.Printf("%s: links up, daemon started (pid %d)\n", name, pid)
+	return nil
+}
+
+func feed(name string, rate int, dur time.Duration) error {
+	if name != "lb1" && name != "lb2" {
+		usage()
+	}
+	done, failed, took := bench.FeedKernel(context.Background(), prefix+"-"+name, 0, rate, dur)
+	fmt.Printf("%s: %d entries created in %v (%.0f/s), %d failed\n", name, done, took.Round(time.Millisecond), float64(done)/took.Seconds(), failed)
 	return nil
 }
 
