@@ -85,9 +85,9 @@ func run() error {
 	}
 	defer unlock()
 	if old, err := bench.RestoreConntrackMax(); err != nil {
-		return fmt.Errorf("put back the nf_conntrack_max a previous run raised: %w", err)
+		return fmt.Errorf("put back the conntrack limits a previous run raised: %w", err)
 	} else if old != "" {
-		fmt.Fprintf(os.Stderr, "put back nf_conntrack_max=%s, which a previous run left raised\n", old)
+		fmt.Fprintf(os.Stderr, "put back %s, which a previous run left raised\n", old)
 	}
 	if removed, err := bench.CleanupStale(bench.OursPrefix, bench.TheirsPrefix); err != nil {
 		return fmt.Errorf("remove a previous run's namespaces: %w", err)
