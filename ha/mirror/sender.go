@@ -43,8 +43,9 @@ type SenderConfig struct {
 	// early when the last one did not match, whatever the interval (but not when disabled).
 	DigestInterval time.Duration
 	// Linger is how long the Sender waits, once woken by a change, before it takes the
-	// queue: the changes of a burst then go out in one write rather than a write (and a
-	// thread switch) each. Zero takes the queue at once.
+	// queue, when the last batch it took held lingerBatch changes or more (a busy stream):
+	// the changes of a burst then go out in one write rather than a write (and a thread
+	// switch) each. A quiet stream is sent at once. Zero never waits.
 	Linger time.Duration
 }
 
@@ -361,6 +362,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 	s.digestID = 0
 	s.digestReq.Store(false) // a request from an earlier connection is moot: this one syncs
 	synced, digestDue := false, false
+	lastBatch := 0 // changes in the last batch taken from the queue
 	for {
 		if !synced || s.resync.Load() {
 			err := s.fullSync(ctx, enc)
@@ -400,7 +402,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			case <-s.q.wake:
-				if s.cfg.Linger > 0 && !sleepCtx(ctx, s.cfg.Linger) {
+				if s.cfg.Linger > 0 && lastBatch >= lingerBatch && !sleepCtx(ctx, s.cfg.Linger) {
 					return context.Cause(ctx)
 				}
 			case <-digestC:
@@ -412,6 +414,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			}
 			continue
 		}
+		lastBatch = len(b.items)
 		err := s.sendBatch(enc, b.items)
 		s.q.release(b)
 		if err != nil {
@@ -419,6 +422,9 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 		}
 	}
 }
+
+// lingerBatch is the batch size from which the Sender takes its stream to be busy (Linger).
+const lingerBatch = 8
 
 // sendBatch writes queued changes; on a write error it puts the unwritten ones back.
 func (s *Sender) sendBatch(enc *encoder, items []change) error {

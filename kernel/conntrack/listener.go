@@ -83,12 +83,27 @@ type Listener struct {
 // needs CAP_NET_ADMIN and ignores net.core.rmem_max), falling back to SO_RCVBUF (capped by
 // rmem_max); the kernel doubles the value and enforces a small minimum.
 func NewListener(bufBytes int) (*Listener, error) {
+	return NewListenerOf(bufBytes, EventNew, EventUpdate, EventDestroy)
+}
+
+// NewListenerOf is NewListener for the events of the given types only: the kernel does not
+// even queue the others for it.
+func NewListenerOf(bufBytes int, types ...EventType) (*Listener, error) {
+	groups := map[EventType]uint32{EventNew: groupCTNew, EventUpdate: groupCTUpdate, EventDestroy: groupCTDestroy}
+	var join []uint32
+	for _, t := range types {
+		g, ok := groups[t]
+		if !ok {
+			return nil, fmt.Errorf("listen to conntrack events: no event group for %v", t)
+		}
+		join = append(join, g)
+	}
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
 	if err != nil {
 		return nil, fmt.Errorf("dial conntrack events: %w", err)
 	}
 	l := &Listener{conn: c}
-	for _, g := range []uint32{groupCTNew, groupCTUpdate, groupCTDestroy} {
+	for _, g := range join {
 		if err := c.JoinGroup(g); err != nil {
 			_ = c.Close()
 			return nil, fmt.Errorf("join conntrack event group %d: %w", g, err)
@@ -174,11 +189,34 @@ func (l *Listener) ReadBuffer() (int, error) {
 }
 
 // SetLinger has Run, once it has read the socket empty, wait d before it reads again while
-// events keep coming: they gather in the socket's buffer and are read in one go, at the
-// price of up to d of delay. A reader woken for every event costs two thread switches per
-// event, and these, not the events, dominate its CPU time under load. Zero (the default)
-// reads each event as it comes. Call it before Run.
+// events come at more than lingerBusyRate a second: they gather in the socket's buffer and
+// are read in one go, at the price of up to d of delay. A reader woken for every event costs
+// two thread switches per event, which dominate its CPU time under load; below that rate
+// events are read as they come, without the delay. Zero (the default) never waits. Call it
+// before Run.
 func (l *Listener) SetLinger(d time.Duration) { l.linger = d }
+
+// lingerBusyRate is the event rate above which a Listener lingers, measured over
+// lingerWindow.
+const (
+	lingerBusyRate = 2000
+	lingerWindow   = 100 * time.Millisecond
+)
+
+// busyMeter tells whether events come faster than lingerBusyRate, over the last full window.
+type busyMeter struct {
+	start time.Time
+	n     int
+	busy  bool
+}
+
+func (m *busyMeter) add(n int, now time.Time) {
+	m.n += n
+	if el := now.Sub(m.start); el >= lingerWindow {
+		m.busy = float64(m.n) >= lingerBusyRate*el.Seconds()
+		m.start, m.n = now, 0
+	}
+}
 
 // Run delivers events to fn, in kernel order, until ctx is cancelled or Close is called
 // (then it returns nil) or an unrecoverable receive error (returned). fn runs on Run's
@@ -202,14 +240,18 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 	var rb recvBatch
 	rb.init()
 	wait, readSinceLinger := true, false
+	var rate busyMeter
 	for {
 		if ctx.Err() != nil || l.closed.Load() {
 			return nil
 		}
 		n, err := rb.recv(rc, wait)
+		if l.linger > 0 {
+			rate.add(n, time.Now())
+		}
 		switch {
 		case errors.Is(err, unix.EAGAIN):
-			if l.linger > 0 && readSinceLinger {
+			if l.linger > 0 && readSinceLinger && rate.busy {
 				readSinceLinger = false
 				time.Sleep(l.linger)
 			} else {

@@ -396,3 +396,26 @@ func FuzzNextMessage(f *testing.F) {
 		}
 	})
 }
+
+// TestBusyMeter: a Listener lingers only while events come faster than lingerBusyRate.
+func TestBusyMeter(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var m busyMeter
+	m.start = t0
+	for _, step := range []struct {
+		after time.Duration // since t0
+		n     int
+		busy  bool
+	}{
+		{10 * time.Millisecond, 150, false},  // the window is not over: no verdict yet
+		{100 * time.Millisecond, 100, true},  // 250 in 100ms: 2500/s
+		{150 * time.Millisecond, 10, true},   // window not over: the last verdict holds
+		{300 * time.Millisecond, 100, false}, // 110 in 200ms: 550/s
+		{400 * time.Millisecond, 0, false},
+	} {
+		m.add(step.n, t0.Add(step.after))
+		if m.busy != step.busy {
+			t.Errorf("at %v after %d events: busy %v, want %v", step.after, step.n, m.busy, step.busy)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -41,12 +42,16 @@ type RateRun struct {
 }
 
 // newEntries records when each new entry sent to dst appears in a namespace's conntrack
-// table. It runs `conntrack -E -e NEW -o timestamp` in the namespace at real-time priority
-// (chrt -f): the tool stamps each event as it reads it, so the stamps do not depend on the
-// harness's own goroutines, which compete with the traffic generator for two cores.
+// table. It runs the bench binary's WatchNew in the namespace at real-time priority
+// (chrt -f), so that the stamps do not depend on the harness's own goroutines, which compete
+// with the traffic generator for two cores. The watcher writes to a file in /run (tmpfs),
+// which the harness tails: a pipe that the harness, short of CPU, drained late would block
+// the watcher, whose event socket would then overrun.
 type newEntries struct {
 	cmd      *exec.Cmd
-	done     chan struct{}
+	file     string
+	done     chan struct{} // closed when the tail has read everything the tool wrote
+	exited   chan struct{} // closed when the tool has exited
 	mu       sync.Mutex
 	at       map[TupleKey]time.Time
 	overruns atomic.Int64
@@ -54,40 +59,74 @@ type newEntries struct {
 }
 
 func watchNew(ctx context.Context, ns string, dst netip.AddrPort, proto uint8) (*newEntries, error) {
-	name := "tcp"
-	if proto == 17 {
-		name = "udp"
-	}
-	w := &newEntries{at: map[TupleKey]time.Time{}, done: make(chan struct{})}
-	w.cmd = exec.CommandContext(ctx, "chrt", "-f", "20", "ip", "netns", "exec", ns,
-		"conntrack", "-E", "-e", "NEW", "-o", "timestamp", "-b", "67108864",
-		"-p", name, "--orig-dst", dst.Addr().String(), "--dport", strconv.Itoa(int(dst.Port())))
-	out, err := w.cmd.StdoutPipe()
+	out, err := os.CreateTemp("/run", "appliance-bench-ct-*.log")
 	if err != nil {
 		return nil, err
 	}
+	w := &newEntries{at: map[TupleKey]time.Time{}, file: out.Name(), done: make(chan struct{}), exited: make(chan struct{})}
+	exe, err := os.Executable()
+	if err != nil {
+		out.Close()
+		os.Remove(out.Name())
+		return nil, err
+	}
+	w.cmd = exec.CommandContext(ctx, "chrt", append([]string{"-f", "20", "ip", "netns", "exec", ns, exe}, watchArgs(proto, dst)...)...)
+	w.cmd.Stdout = out
 	w.cmd.Stderr = &lockedWriter{mu: &w.mu, w: &w.stderr}
-	if err := w.cmd.Start(); err != nil {
+	err = w.cmd.Start()
+	out.Close() // the tool has its own descriptor
+	if err != nil {
+		os.Remove(w.file)
 		return nil, fmt.Errorf("conntrack -E in %s: %w", ns, err)
 	}
 	go func() {
-		defer close(w.done)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			ev, ok := ParseEventLine(sc.Text())
-			if !ok || ev.Key.Dst != dst {
-				continue
+		w.cmd.Wait()
+		close(w.exited)
+	}()
+	go w.tail(proto, dst)
+	time.Sleep(200 * time.Millisecond) // subscribed before the first flow
+	return w, nil
+}
+
+// tail parses the tool's file as it grows, until the tool has exited and all is read.
+func (w *newEntries) tail(proto uint8, dst netip.AddrPort) {
+	defer close(w.done)
+	f, err := os.Open(w.file)
+	if err != nil {
+		<-w.exited
+		return
+	}
+	defer f.Close()
+	rd := bufio.NewReaderSize(f, 1<<20)
+	var partial string
+	for {
+		line, err := rd.ReadString('\n')
+		if err != nil { // at the end of what is written so far
+			partial += line
+			select {
+			case <-w.exited:
+				if _, err := rd.Peek(1); err != nil {
+					return
+				}
+			case <-time.After(20 * time.Millisecond):
 			}
+			continue
+		}
+		line, partial = partial+line, ""
+		src, at, overrun, ok := parseWatchLine(strings.TrimRight(line, "\n"))
+		switch {
+		case !ok:
+		case overrun:
+			w.overruns.Add(1)
+		default:
+			key := TupleKey{Proto: proto, Src: src, Dst: dst}
 			w.mu.Lock()
-			if _, seen := w.at[ev.Key]; !seen {
-				w.at[ev.Key] = ev.At
+			if _, seen := w.at[key]; !seen {
+				w.at[key] = at
 			}
 			w.mu.Unlock()
 		}
-		w.cmd.Wait()
-	}()
-	time.Sleep(200 * time.Millisecond) // subscribed before the first flow
-	return w, nil
+	}
 }
 
 type lockedWriter struct {
@@ -112,14 +151,15 @@ func (w *newEntries) stop() map[TupleKey]time.Time {
 	time.Sleep(100 * time.Millisecond)
 	w.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-w.done:
+	case <-w.exited:
 	case <-time.After(5 * time.Second):
 		w.cmd.Process.Kill()
-		<-w.done
+		<-w.exited
 	}
+	<-w.done
+	os.Remove(w.file)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.overruns.Store(int64(strings.Count(w.stderr.String(), "ENOBUFS")))
 	return w.at
 }
 
