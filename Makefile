@@ -24,6 +24,7 @@ lab: build
 	@echo "lb2's shell:   ip netns exec lab-lb2 $(BIN)/tmsh --socket $(LABDIR)/lb2.sock"
 	@echo "traffic:       ip netns exec lab-cl $(BIN)/lab client -conns 20"
 	@echo "fail lb1:      $(BIN)/lab fail lb1    (and back: $(BIN)/lab restart lb1)"
+	@echo "mirror load:   $(BIN)/lab feed lb1 -rate 10000 -dur 10s"
 	@echo "tear it down:  make lab-down"
 	$(BIN)/tmsh --socket $(LABDIR)/lb1.sock
 

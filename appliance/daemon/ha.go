@@ -344,20 +344,20 @@ func (w flowWriter) Delete(f mirror.Flow) error { return w.d.injTable.Delete(toK
 
 // InjectBatch applies many mirrored flows in few netlink round trips (a full sync).
 func (w flowWriter) InjectBatch(flows []mirror.Flow) []error {
-	k := make([]conntrack.Flow, len(flows))
-	for i, f := range flows {
-		k[i] = w.d.standbyFlow(f)
-	}
-	return w.d.injTable.InjectBatch(k)
+	return w.d.injTable.InjectBatch(kernelFlows(flows, w.d.standbyFlow))
 }
 
 // DeleteBatch removes many mirrored flows in few netlink round trips.
 func (w flowWriter) DeleteBatch(flows []mirror.Flow) []error {
+	return w.d.injTable.DeleteBatch(kernelFlows(flows, toKernel))
+}
+
+func kernelFlows(flows []mirror.Flow, conv func(mirror.Flow) conntrack.Flow) []conntrack.Flow {
 	k := make([]conntrack.Flow, len(flows))
 	for i, f := range flows {
-		k[i] = toKernel(f)
+		k[i] = conv(f)
 	}
-	return w.d.injTable.DeleteBatch(k)
+	return k
 }
 
 var _ mirror.BatchWriter = flowWriter{}
