@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -156,8 +157,17 @@ func TestFaultChannels(t *testing.T) {
 		t.Fatalf("lb1 should be the first Active, got %s", active.Name)
 	}
 
-	// An overrun: a burst of new connections against a one-byte buffer.
-	flows := l.openFlows(flowCount)
+	// An overrun: a burst of new connections against a one-byte buffer, while the daemon is
+	// held still (well within the failover timeout), so that the kernel must drop events.
+	// Without the hold the daemon, reading a batch per system call, may keep up: each new
+	// connection gives it one event since the kernel filters out the handshake's.
+	if err := active.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	flows := func() []*labnet.Flow {
+		defer active.Signal(syscall.SIGCONT)
+		return l.openFlows(flowCount)
+	}()
 	l.waitTablesEqual(active, standby, flowCount)
 	if n := l.mirrorFigure(active, "Event Overruns"); n == 0 {
 		t.Errorf("no overrun counted on %s with a one-byte event buffer", active.Name)

@@ -248,6 +248,14 @@ func (d *Device) Kill() {
 	d.cmd = nil
 }
 
+// Signal sends sig to the device's daemon, if it runs.
+func (d *Device) Signal(sig os.Signal) error {
+	if d.cmd == nil {
+		return fmt.Errorf("%s: no daemon running", d.Name)
+	}
+	return d.cmd.Process.Signal(sig)
+}
+
 // Running reports whether the daemon process is alive.
 func (d *Device) Running() bool {
 	if d.cmd == nil {
