@@ -106,3 +106,34 @@ func TestBatchInjectErrors(t *testing.T) {
 		t.Errorf("receiver stats %+v: want 100 inject errors, 900 applied and held, last error nope", st)
 	}
 }
+
+// TestPlainTableMixedBatch: a table without BatchWriter gets a run's deletes and upserts one
+// by one, and their errors are counted apart: a failed delete is a delete error (and the key
+// is forgotten, as the peer no longer has it), not an inject error.
+func TestPlainTableMixedBatch(t *testing.T) {
+	checkGoroutines(t)
+	table := newFakeTable()
+	errNope := errors.New("nope")
+	table.failDelete = func(f Flow) error {
+		if f.Key() == testFlow(1).Key() {
+			return errNope
+		}
+		return nil
+	}
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	c := dialRaw(t, r.Addrs()[0])
+	up := func(i int) frame { return frame{typ: frameUpsert, flow: testFlow(i)} }
+	del := func(i int) frame {
+		f := testFlow(i)
+		return frame{typ: frameDelete, flow: Flow{Proto: f.Proto, Orig: f.Orig}}
+	}
+	c.send(helloFrame("a"), up(1), up(2))
+	waitFor(t, testTimeout, func() bool { return r.Flows() == 2 }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	c.send(del(1), up(3)) // one write: one run
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 3 && r.Flows() == 2 },
+		func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	if st := r.Stats(); st.DeleteErrors != 1 || st.InjectErrors != 0 || !errors.Is(st.LastError, errNope) {
+		t.Errorf("receiver stats %+v: want 1 delete error, no inject error, the refusal as the last error", st)
+	}
+}

@@ -115,6 +115,8 @@ type fakeTable struct {
 	flows   map[Key]Flow
 	injects map[Key]int // Inject calls per key
 	fail    func(Flow) error
+	// failDelete, if set, makes Delete fail for the flows it returns an error for.
+	failDelete func(Flow) error
 }
 
 func newFakeTable() *fakeTable {
@@ -137,6 +139,11 @@ func (ft *fakeTable) Inject(f Flow) error {
 func (ft *fakeTable) Delete(f Flow) error {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
+	if ft.failDelete != nil {
+		if err := ft.failDelete(f); err != nil {
+			return err
+		}
+	}
 	delete(ft.flows, f.Key())
 	return nil
 }

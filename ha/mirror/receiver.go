@@ -514,7 +514,7 @@ type changeBatch struct {
 	// Scratch for applyBatch: the deletes and the upserts, split out, and their positions.
 	delFlows, upFlows []Flow
 	delPos, upPos     []int
-	errs              []error
+	delErrs, upErrs   []error // for a Table without BatchWriter
 }
 
 // maxBatch bounds a run of changes: enough to amortise a system call, little enough that a
@@ -562,7 +562,8 @@ func (b *changeBatch) reset() {
 	clear(b.flows) // drop address zone pointers
 	clear(b.delFlows)
 	clear(b.upFlows)
-	clear(b.errs)
+	clear(b.delErrs)
+	clear(b.upErrs)
 	b.flows, b.keys, b.hashes, b.del = b.flows[:0], b.keys[:0], b.hashes[:0], b.del[:0]
 	b.delFlows, b.upFlows, b.delPos, b.upPos = b.delFlows[:0], b.upFlows[:0], b.delPos[:0], b.upPos[:0]
 	clear(b.index)
@@ -592,8 +593,8 @@ func (r *Receiver) applyBatch(b *changeBatch) {
 			r.touched[b.keys[i]] = struct{}{}
 		}
 	}
-	delErrs := r.writeBatch(b.delFlows, true, &b.errs)
-	upErrs := r.writeBatch(b.upFlows, false, &b.errs)
+	delErrs := r.writeBatch(b.delFlows, true, &b.delErrs)
+	upErrs := r.writeBatch(b.upFlows, false, &b.upErrs)
 	errAt := func(errs []error, j int) error {
 		if j < len(errs) {
 			return errs[j]

@@ -87,7 +87,7 @@ type Sender struct {
 	// Timing; tests shorten them.
 	keepalive, writeTimeout time.Duration
 	digestSettle            time.Duration // see sendDigest
-	digestCostRatio         time.Duration // see the constant; tests that race digests set 0
+	digestCostRatio         int           // see the constant; tests that race digests set 0
 	lastDigestTook          time.Duration // the last digest's snapshot and send, for its interval
 
 	resync    atomic.Bool // a full sync is due on the current connection
@@ -389,7 +389,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			}
 			// After a digest, or a full sync that interrupted one: the next after an interval,
 			// longer when the table is so large that digests would cost too much.
-			digestTimer.Reset(max(s.cfg.DigestInterval, s.digestCostRatio*s.lastDigestTook))
+			digestTimer.Reset(max(s.cfg.DigestInterval, time.Duration(s.digestCostRatio)*s.lastDigestTook))
 			continue
 		}
 		b := s.q.take()

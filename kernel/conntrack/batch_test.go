@@ -68,14 +68,7 @@ func mixedFlow(i int, member byte) Flow {
 func TestInjectBatchMixed(t *testing.T) {
 	ns := natNS(t, "ctbmix")
 	tbl := openTable(t, ns)
-
-	var flows []Flow
-	for i := range 1000 {
-		flows = append(flows, mixedFlow(i, 100))
-	}
-	if errs := tbl.InjectBatch(flows); errs != nil {
-		t.Fatalf("InjectBatch: %v", errors.Join(errs...))
-	}
+	flows := injectMixed(t, tbl, 1000)
 	for i, f := range flows {
 		got := mustGet(t, tbl, f)
 		checkFlow(t, f, got)
@@ -107,13 +100,7 @@ func TestInjectBatchMixed(t *testing.T) {
 func TestDeleteBatch(t *testing.T) {
 	ns := natNS(t, "ctbdel")
 	tbl := openTable(t, ns)
-	var flows []Flow
-	for i := range 3000 {
-		flows = append(flows, mixedFlow(i, 100))
-	}
-	if errs := tbl.InjectBatch(flows); errs != nil {
-		t.Fatalf("InjectBatch: %v", errors.Join(errs...))
-	}
+	flows := injectMixed(t, tbl, 3000)
 	var del []Flow
 	keep := map[flowKey]bool{}
 	for i, f := range flows {
@@ -145,6 +132,19 @@ func TestDeleteBatch(t *testing.T) {
 			t.Errorf("entry %v was to be deleted", k)
 		}
 	}
+}
+
+// injectMixed injects mixedFlow 0 to n-1 with InjectBatch and returns them.
+func injectMixed(t *testing.T, tbl *Table, n int) []Flow {
+	t.Helper()
+	var flows []Flow
+	for i := range n {
+		flows = append(flows, mixedFlow(i, 100))
+	}
+	if errs := tbl.InjectBatch(flows); errs != nil {
+		t.Fatalf("InjectBatch: %v", errors.Join(errs...))
+	}
+	return flows
 }
 
 // dumpAll returns the table's entries by original tuple.
