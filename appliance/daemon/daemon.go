@@ -33,8 +33,9 @@ type Options struct {
 	// large enough for bursts; tests make it tiny to provoke overruns).
 	EventBuffer int
 	// EventLinger is how long the active's event reader waits, once it has read its socket
-	// empty, before reading again while events keep coming (0: 1 ms; negative: not at all).
-	// Events are then read, mirrored and written in batches, not one thread wake-up each.
+	// empty, before reading again while events come fast (over 2000 a second; 0: 1 ms;
+	// negative: never). Events are then read, mirrored and written in batches, not one
+	// thread wake-up each.
 	EventLinger time.Duration
 	// DigestInterval is how often the active sends a digest of its table for the standby to
 	// check (0: 10 s; negative: never).

@@ -29,8 +29,9 @@ const (
 // connections does not overrun it (an overrun is repaired by a full resync, but costs one).
 const eventBuffer = 32 << 20
 
-// eventLinger is Options.EventLinger's default: well inside a 5 ms lag budget, and it caps
-// the event reader's wake-ups at a thousand a second whatever the rate.
+// eventLinger is Options.EventLinger's default: well inside a 5 ms lag budget. The reader
+// lingers only under load (conntrack.Listener.SetLinger), where it then wakes at most a
+// thousand times a second whatever the rate.
 const eventLinger = time.Millisecond
 
 // failoverConfig derives the failover machine's settings from the configuration.

@@ -42,7 +42,7 @@ func run() error {
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	metricsAddr := flag.String("metrics", "", "serve Prometheus metrics on this management address:port (such as 192.0.2.5:9410); empty: off")
 	eventBuffer := flag.Int("event-buffer", 0, "conntrack event socket receive buffer in bytes (0: 32 MiB)")
-	eventLinger := flag.Duration("event-linger", 0, "on the active, how long the event reader waits once the socket is empty while events keep coming, to read them in batches (0: 1ms; negative: never)")
+	eventLinger := flag.Duration("event-linger", 0, "on the active, how long the event reader waits once the socket is empty while events come at over 2000/s, to read them in batches (0: 1ms; negative: never)")
 	digestInterval := flag.Duration("digest-interval", 0, "how often the active sends the standby a digest of the mirrored table to check (0: 10s; negative: never)")
 	flag.Parse()
 
