@@ -337,20 +337,20 @@ func TestMachineHookFailureRetried(t *testing.T) {
 	h := newHarness(t, "lb1", "lb2", 200*time.Millisecond, rec)
 	h.expect(StateStandby, "starting")
 	h.waitBound()
-	h.clk.Advance(200 * time.Millisecond)
+	h.clk.Advance(aloneWait)
 
 	// The first tick's BecomeActive fails; the transition is retried and then succeeds.
 	h.tick()
 	h.tick()
 	waitFor(t, "two BecomeActive calls", func() bool { return len(rec.Calls()) >= 3 })
-	s := h.expect(StateActive, "no peer heard within 200ms")
+	s := h.expect(StateActive, "no peer heard within 1s")
 	if s.LastHookError != "" {
 		t.Errorf("LastHookError = %q after a successful hook", s.LastHookError)
 	}
 	want := []call{
 		{StateStandby, "starting"},
-		{StateActive, "no peer heard within 200ms"},
-		{StateActive, "no peer heard within 200ms"},
+		{StateActive, "no peer heard within 1s"},
+		{StateActive, "no peer heard within 1s"},
 	}
 	if diff := cmp.Diff(want, rec.Calls()); diff != "" {
 		t.Errorf("hook calls (-want +got):\n%s", diff)
@@ -358,7 +358,8 @@ func TestMachineHookFailureRetried(t *testing.T) {
 }
 
 // TestMachineWaitStartsAtBind: while the unicast address cannot be bound the device stays
-// Standby however long; the wait for a peer starts once the socket is bound.
+// Standby however long; the wait for a peer starts once the socket is bound, and lasts
+// aloneWait when that is longer than the timeout.
 func TestMachineWaitStartsAtBind(t *testing.T) {
 	self, peerAddr := freeAddr(t, "127.0.0.2"), freeAddr(t, "127.0.0.1")
 	blocker := listenUDP(t, self) // the address is "not there yet"
@@ -376,10 +377,10 @@ func TestMachineWaitStartsAtBind(t *testing.T) {
 
 	blocker.Close()
 	h.waitBound()
-	h.clk.Advance(299 * time.Millisecond)
+	h.clk.Advance(aloneWait - time.Millisecond)
 	h.expect(StateStandby, "starting")
 	h.clk.Advance(time.Millisecond)
-	h.expect(StateActive, "no peer heard within 300ms")
+	h.expect(StateActive, "no peer heard within 1s")
 }
 
 // TestSubscribe: subscribers see each change in order, the final Offline included.

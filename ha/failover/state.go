@@ -80,9 +80,18 @@ func offline(view) (State, string) {
 	return StateStandby, "starting"
 }
 
+// aloneWait is the least time a device listens before it concludes that no peer is there
+// (or that a starting peer will not become Standby), whatever failover.nettimeout says. A
+// device that has just started (or got its links back) hears its peer's first heartbeats
+// only once both kernels have resolved each other's addresses again (ARP): at a timeout of
+// 50 ms it would otherwise take Active from a peer that is Active, and with a table it has
+// not yet received.
+const aloneWait = time.Second
+
 func standby(v view) (State, string) {
 	p := v.peer
-	waited := v.listening && v.listened >= v.timeout
+	wait := max(v.timeout, aloneWait)
+	waited := v.listening && v.listened >= wait
 	if !p.alive {
 		switch {
 		case !v.listening:
@@ -90,9 +99,9 @@ func standby(v view) (State, string) {
 		case p.name != "":
 			return StateActive, fmt.Sprintf("peer %s heartbeat lost after %s", p.name, v.timeout)
 		case !waited:
-			return StateStandby, fmt.Sprintf("waiting %s to hear a peer", v.timeout)
+			return StateStandby, fmt.Sprintf("waiting %s to hear a peer", wait)
 		default:
-			return StateActive, fmt.Sprintf("no peer heard within %s", v.timeout)
+			return StateActive, fmt.Sprintf("no peer heard within %s", wait)
 		}
 	}
 	switch p.state {

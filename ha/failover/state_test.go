@@ -76,6 +76,15 @@ func TestNextStates(t *testing.T) {
 			decision{StateStandby, "waiting 3s to hear a peer"}},
 		{"standby after the initial wait, nobody heard", StateStandby, listened(settled("lb1"), T),
 			decision{StateActive, "no peer heard within 3s"}},
+		// A short timeout: a device that has just started still listens for aloneWait, long
+		// enough for both kernels to resolve each other's addresses (ARP).
+		{"short timeout: standby during the initial wait", StateStandby, timeout(listened(settled("lb1"), 500*time.Millisecond), 50*time.Millisecond),
+			decision{StateStandby, "waiting 1s to hear a peer"}},
+		{"short timeout: standby after aloneWait, nobody heard", StateStandby, timeout(listened(settled("lb1"), aloneWait), 50*time.Millisecond),
+			decision{StateActive, "no peer heard within 1s"}},
+		{"short timeout: a peer heard and then lost is failed after the timeout", StateStandby,
+			timeout(listened(with(settled("lb1"), peerView{name: "lb2", state: StateActive}), 100*time.Millisecond), 50*time.Millisecond),
+			decision{StateActive, "peer lb2 heartbeat lost after 50ms"}},
 		{"standby peer lost", StateStandby, with(settled("lb1"), peerView{name: "lb2", state: StateActive}),
 			decision{StateActive, "peer lb2 heartbeat lost after 3s"}},
 		{"standby peer lost, fractional timeout", StateStandby, with(timeout(settled("lb2"), 200*time.Millisecond), peerView{name: "lb1", state: StateActive}),
