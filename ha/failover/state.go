@@ -82,10 +82,10 @@ func offline(view) (State, string) {
 
 // aloneWait is the least time a device listens before it concludes that no peer is there
 // (or that a starting peer will not become Standby), whatever failover.nettimeout says. A
-// device that has just started (or got its links back) hears its peer's first heartbeats
-// only once both kernels have resolved each other's addresses again (ARP): at a timeout of
-// 50 ms it would otherwise take Active from a peer that is Active, and with a table it has
-// not yet received.
+// device that has just started hears its peer's first heartbeats only once both kernels
+// have resolved each other's addresses again (ARP): at a timeout of 50 ms it would
+// otherwise take Active from a peer that is Active, and with a table it has not yet
+// received.
 const aloneWait = time.Second
 
 func standby(v view) (State, string) {
