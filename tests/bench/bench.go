@@ -355,20 +355,9 @@ func measureRate(ctx context.Context, sys System, p Plan, res *Results, logf log
 				if r.Achieved < 0.9*float64(target) {
 					generatorLimited = true
 				}
-				res.Add(key("rate"), name, r.Achieved)
-				res.Add(key("mirrored"), name, 100*float64(r.Mirrored)/float64(r.Created))
 				res.Add(key("p50"), name, ms(r.LagP50))
 				res.Add(key("p99"), name, ms(r.LagP99))
-				if r.Exact {
-					res.Add(key("xp50"), name, ms(r.ExactP50))
-					res.Add(key("xp99"), name, ms(r.ExactP99))
-				}
-				perFlow := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.Created) }
-				res.Add(key("cpu-active"), name, perFlow(r.CPUActive))
-				res.Add(key("cpu-standby"), name, perFlow(r.CPUStandby))
-				if r.Overruns > 0 {
-					res.Note(key("p50"), name, fmt.Sprintf("the harness's event reader lost events %d times: lags are a floor", r.Overruns))
-				}
+				addBurst(res, name, key, r, "p50")
 			}
 			if generatorLimited {
 				res.Note(RateKey(proto, target, "rate"), name, "generator-limited: the lab could not make the target rate (client, server, both devices and the harness share two cores)")
@@ -394,17 +383,26 @@ func measureFeed(ctx context.Context, sys System, p Plan, res *Results, logf log
 				}
 				continue
 			}
-			res.Add(key("rate"), name, r.Achieved)
-			res.Add(key("mirrored"), name, 100*float64(r.Mirrored)/float64(r.Created))
-			res.Add(key("xp50"), name, ms(r.ExactP50))
-			res.Add(key("xp99"), name, ms(r.ExactP99))
-			perFlow := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.Created) }
-			res.Add(key("cpu-active"), name, perFlow(r.CPUActive))
-			res.Add(key("cpu-standby"), name, perFlow(r.CPUStandby))
-			if r.Overruns > 0 {
-				res.Note(key("xp50"), name, fmt.Sprintf("the harness's event reader lost events %d times: lags are a floor", r.Overruns))
-			}
+			addBurst(res, name, key, r, "xp50")
 		}
+	}
+}
+
+// addBurst records the figures that a rate burst and a feed share: rate achieved, share
+// mirrored, exact lags (when measured), CPU per flow on each side, and a note on noteKey
+// when the harness's own readers lost events.
+func addBurst(res *Results, name string, key func(string) string, r RateRun, noteKey string) {
+	res.Add(key("rate"), name, r.Achieved)
+	res.Add(key("mirrored"), name, 100*float64(r.Mirrored)/float64(r.Created))
+	if r.Exact {
+		res.Add(key("xp50"), name, ms(r.ExactP50))
+		res.Add(key("xp99"), name, ms(r.ExactP99))
+	}
+	perFlow := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.Created) }
+	res.Add(key("cpu-active"), name, perFlow(r.CPUActive))
+	res.Add(key("cpu-standby"), name, perFlow(r.CPUStandby))
+	if r.Overruns > 0 {
+		res.Note(key(noteKey), name, fmt.Sprintf("the harness's event reader lost events %d times: lags are a floor", r.Overruns))
 	}
 }
 

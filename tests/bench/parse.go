@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // ParseProcStatCPU returns utime+stime (clock ticks) from the text of /proc/PID/stat. The
@@ -154,30 +153,6 @@ func ParseTotalRecords(out string) int {
 func firstLine(s string) string {
 	line, _, _ := strings.Cut(s, "\n")
 	return line
-}
-
-// Event is one line of `conntrack -E -o timestamp`.
-type Event struct {
-	At  time.Time
-	Key TupleKey // original direction
-}
-
-var eventLine = regexp.MustCompile(`^\[(\d+)\.(\d{6})\]\s+\[(?:NEW|UPDATE)\]\s+(tcp|udp)\s+\d+\s.*?src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)`)
-
-// ParseEventLine parses a NEW or UPDATE line of `conntrack -E -o timestamp`; the first
-// src/dst/sport/dport are the original direction's.
-func ParseEventLine(line string) (Event, bool) {
-	m := eventLine.FindStringSubmatch(line)
-	if m == nil {
-		return Event{}, false
-	}
-	sec, _ := strconv.ParseInt(m[1], 10, 64)
-	usec, _ := strconv.ParseInt(m[2], 10, 64)
-	key, ok := tupleKey(m[3], m[4], m[5], m[6], m[7])
-	if !ok {
-		return Event{}, false
-	}
-	return Event{At: time.Unix(sec, usec*1000), Key: key}, true
 }
 
 func tupleKey(proto, src, dst, sport, dport string) (TupleKey, bool) {

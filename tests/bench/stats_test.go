@@ -186,30 +186,6 @@ func TestParseTmsh(t *testing.T) {
 	}
 }
 
-func TestParseEventLine(t *testing.T) {
-	line := "[1795466033.564914]\t    [NEW] tcp      6 120 SYN_SENT src=10.0.0.1 dst=10.0.0.10 sport=49090 dport=3306 [UNREPLIED] src=10.1.0.100 dst=10.1.0.10 sport=3306 dport=49090"
-	ev, ok := ParseEventLine(line)
-	if !ok {
-		t.Fatalf("ParseEventLine(%q): not parsed", line)
-	}
-	want := Event{
-		At:  time.Unix(1795466033, 564914000),
-		Key: TupleKey{6, netip.MustParseAddrPort("10.0.0.1:49090"), netip.MustParseAddrPort("10.0.0.10:3306")},
-	}
-	if !ev.At.Equal(want.At) || ev.Key != want.Key {
-		t.Errorf("ParseEventLine = %+v, want %+v", ev, want)
-	}
-	udp := "[1795466033.565007]\t    [NEW] udp      17 30 src=10.0.0.1 dst=10.0.0.10 sport=34751 dport=3307 [UNREPLIED] src=10.1.0.101 dst=10.1.0.10 sport=3307 dport=34751"
-	if ev, ok := ParseEventLine(udp); !ok || ev.Key.Proto != 17 || ev.Key.Src.Port() != 34751 {
-		t.Errorf("ParseEventLine(udp) = %+v, %v", ev, ok)
-	}
-	for _, bad := range []string{"", "conntrack v1.4.7 (conntrack-tools): 3 flow events have been shown.", "[1.5] [DESTROY] tcp 6 src=1.2.3.4 dst=1.2.3.5 sport=1 dport=2"} {
-		if _, ok := ParseEventLine(bad); ok {
-			t.Errorf("ParseEventLine(%q) parsed", bad)
-		}
-	}
-}
-
 func TestParseConntrackList(t *testing.T) {
 	out := strings.Join([]string{
 		// conntrack -L
