@@ -40,6 +40,9 @@ type Options struct {
 	// DigestInterval is how often the active sends a digest of its table for the standby to
 	// check (0: 10 s; negative: never).
 	DigestInterval time.Duration
+	// NoTickle leaves the TCP connections a takeover inherits to their own retransmission
+	// timers (see Daemon.tickle).
+	NoTickle bool
 }
 
 // Daemon is the appliance's core. Its exported methods are safe for concurrent use; all
@@ -66,6 +69,8 @@ type Daemon struct {
 	overruns  atomic.Uint64 // conntrack event socket overruns
 	toActive  atomic.Uint64 // transitions into Active
 	toStandby atomic.Uint64 // transitions into Standby
+	tickled   atomic.Uint64 // connections tickled after takeovers
+	tickleAns atomic.Uint64 // endpoints that answered a tickle
 
 	timeoutMu sync.Mutex
 	timeouts  map[[2]uint8]uint32 // conntrack state timeouts, read once

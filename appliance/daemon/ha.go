@@ -16,6 +16,7 @@ import (
 	"github.com/openappliance/appliance/ha/mirror"
 	"github.com/openappliance/appliance/kernel/conntrack"
 	"github.com/openappliance/appliance/kernel/link"
+	"github.com/openappliance/appliance/kernel/tickle"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,6 +72,9 @@ func (h hooks) BecomeActive(ctx context.Context, reason string) error {
 	d.roles.setActive(true)
 	cfg := d.Config()
 	d.announce(d.addFloating(&cfg, nil))
+	if !d.opts.NoTickle {
+		d.roles.goActive(d.tickle)
+	}
 	d.roles.start(&cfg)
 	return nil
 }
@@ -298,6 +302,55 @@ func (r *roleRunner) start(c *config.Config) {
 		receiver.Run(ctx)
 	}()
 	logger.Info("receiving mirror stream", "listen", addrs)
+}
+
+// tickleMark marks the packets tickle sends; the ruleset exempts it from conntrack.
+const tickleMark = 0x7e1c
+
+// tickleDelay lets the first gratuitous ARP go out before the tickle's probes, whose answers
+// must come to this device.
+const tickleDelay = 10 * time.Millisecond
+
+// tickle makes the established TCP connections of mirror-enabled virtuals, which this device
+// has just taken over, resume at once rather than when their endpoints' retransmission timers,
+// backed off during the outage, next fire (see kernel/tickle).
+func (d *Daemon) tickle(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(tickleDelay):
+	}
+	t, err := conntrack.Open()
+	if err != nil {
+		d.logger.Warn("tickle: open conntrack", slog.Any("err", err))
+		return
+	}
+	idx := d.mirror.Load()
+	var conns []tickle.Conn
+	err = t.Dump(ctx, func(f conntrack.Flow) error {
+		if f.Proto == unix.IPPROTO_TCP && f.TCPState == conntrack.TCPStateEstablished && idx.mirrors(f) {
+			conns = append(conns, tickle.Conn{
+				A: tickle.Side{Local: f.Orig.Src, Remote: f.Orig.Dst},
+				B: tickle.Side{Local: f.Reply.Src, Remote: f.Reply.Dst},
+			})
+		}
+		return nil
+	})
+	t.Close()
+	if err != nil {
+		d.logger.Warn("tickle: dump conntrack", slog.Any("err", err))
+		return
+	}
+	if len(conns) == 0 {
+		return
+	}
+	st, err := tickle.Tickle(ctx, conns, tickle.Options{Mark: tickleMark})
+	d.tickled.Add(uint64(st.Conns))
+	d.tickleAns.Add(uint64(st.Answered))
+	if err != nil && ctx.Err() == nil {
+		d.logger.Warn("tickle", slog.Any("err", err))
+	}
+	d.logger.Info("connections tickled", "connections", st.Conns, "probes", st.Probes, "answered", st.Answered, "reverts", st.Reverts)
 }
 
 // onEvent mirrors one conntrack event, if it belongs to a mirror-enabled virtual.

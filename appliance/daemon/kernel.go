@@ -16,7 +16,7 @@ import (
 
 // buildRuleset turns the configuration into the nftables table the kernel must hold.
 func buildRuleset(c *config.Config) nft.Ruleset {
-	var rs nft.Ruleset
+	rs := nft.Ruleset{NotrackMark: tickleMark}
 	for _, v := range c.Shared.Virtuals {
 		if v.Disabled {
 			continue

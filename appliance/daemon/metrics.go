@@ -35,6 +35,8 @@ var (
 	descDrift          = prometheus.NewDesc("appliance_mirror_drift_detected_total", "Times the standby's table was found to differ from the active's.", nil, nil)
 	descRepairs        = prometheus.NewDesc("appliance_mirror_drift_repaired_total", "Drifts repaired by a full sync.", nil, nil)
 	descResyncReqs     = prometheus.NewDesc("appliance_mirror_resyncs_requested_total", "Full syncs requested by the standby.", []string{"role"}, nil)
+	descTickled        = prometheus.NewDesc("appliance_tickled_connections_total", "TCP connections tickled after a takeover, to resume without waiting for their retransmission back-off.", nil, nil)
+	descTickleAnswers  = prometheus.NewDesc("appliance_tickle_answers_total", "Connection endpoints that answered a tickle's probe (two per connection when all do).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -42,7 +44,7 @@ func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descFailovers, descTransitions, descPeerAlive, descHBSent, descHBRecv,
 		descHBMissed, descGARP, descOverruns, descMirrorConn, descMirrorSent, descMirrorDeletes, descMirrorSyncs,
 		descMirrorQueue, descMirrorOverflow, descMirrorHeld, descMirrorApplied, descMirrorErrors, descMirrorStale,
-		descDigests, descDrift, descRepairs, descResyncReqs} {
+		descDigests, descDrift, descRepairs, descResyncReqs, descTickled, descTickleAnswers} {
 		ch <- d
 	}
 }
@@ -78,6 +80,8 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descTransitions, d.toActive.Load(), "Active")
 	counter(descTransitions, d.toStandby.Load(), "Standby")
+	counter(descTickled, d.tickled.Load())
+	counter(descTickleAnswers, d.tickleAns.Load())
 	counter(descGARP, d.announcer.Sent())
 	counter(descOverruns, d.overruns.Load())
 	d.roles.statsMu.Lock()

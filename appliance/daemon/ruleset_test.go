@@ -30,7 +30,7 @@ func TestBuildRuleset(t *testing.T) {
 			Members: []netip.AddrPort{netip.MustParseAddrPort("10.1.0.100:3306")}, SNAT: []netip.Addr{netip.MustParseAddr("10.1.0.10")}},
 		{Name: "/Common/dns", Proto: 17, Dest: netip.MustParseAddrPort("10.0.0.10:53"),
 			Members: []netip.AddrPort{netip.MustParseAddrPort("10.1.0.100:3306")}},
-	}}
+	}, NotrackMark: tickleMark}
 	if diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Addr{}, netip.AddrPort{}, netip.Prefix{})); diff != "" {
 		t.Errorf("buildRuleset (-want +got):\n%s", diff)
 	}

@@ -17,6 +17,7 @@ import (
 const (
 	chainPrerouting  = "prerouting"
 	chainPostrouting = "postrouting"
+	chainOutput      = "output"
 )
 
 // Registers as the kernel numbers them (include/uapi/linux/netfilter/nf_tables.h):
@@ -29,7 +30,9 @@ const (
 
 // Chain priorities nft calls dstnat and srcnat (NF_IP_PRI_NAT_DST, NF_IP_PRI_NAT_SRC):
 // after conntrack (-200), which the NAT hooks need.
+// The raw priority (NF_IP_PRI_RAW) comes before conntrack, which notrack must.
 const (
+	priorityRaw    = -300
 	priorityDstNAT = -100
 	prioritySrcNAT = 100
 )
@@ -110,6 +113,22 @@ func build(name string, rs Ruleset) content {
 	slices.SortStableFunc(vs, func(a, b Virtual) int {
 		return cmp.Compare(boolInt(a.Dest.Port() == 0), boolInt(b.Dest.Port() == 0))
 	})
+
+	if rs.NotrackMark != 0 {
+		out := &nftables.Chain{
+			Name:     chainOutput,
+			Table:    t,
+			Type:     nftables.ChainTypeFilter,
+			Hooknum:  nftables.ChainHookRef(unix.NF_INET_LOCAL_OUT),
+			Priority: nftables.ChainPriorityRef(priorityRaw),
+		}
+		c.chains = append(c.chains, out)
+		c.rules = append(c.rules, ruleSpec{rule: &nftables.Rule{Table: t, Chain: out, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.NativeEndian.PutUint32(rs.NotrackMark)},
+			&expr.Notrack{},
+		}}})
+	}
 
 	var ids mapIDs
 	for _, v := range vs {

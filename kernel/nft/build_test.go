@@ -64,7 +64,7 @@ func describe(c content) []string {
 func describeExpr(e expr.Any) string {
 	switch e := e.(type) {
 	case *expr.Meta:
-		names := map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto"}
+		names := map[expr.MetaKey]string{expr.MetaKeyNFPROTO: "nfproto", expr.MetaKeyL4PROTO: "l4proto", expr.MetaKeyMARK: "mark"}
 		return fmt.Sprintf("meta %s => r%d", names[e.Key], e.Register)
 	case *expr.Cmp:
 		return fmt.Sprintf("cmp %d r%d %x", e.Op, e.Register, e.Data)
@@ -94,6 +94,8 @@ func describeExpr(e expr.Any) string {
 			s += " specified"
 		}
 		return s
+	case *expr.Notrack:
+		return "notrack"
 	case *expr.Reject:
 		return fmt.Sprintf("reject type %d code %d", e.Type, e.Code)
 	}
@@ -251,6 +253,17 @@ func TestBuild(t *testing.T) {
 				t.Errorf("build (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func TestBuildNotrackMark(t *testing.T) {
+	got := describe(build("appliance", Ruleset{NotrackMark: 0x7e1c}))
+	want := append([]string{"table 1 appliance"}, strings.Split(chains, "|")...)
+	want = append(want,
+		"chain output filter hook 3 prio -300",
+		fmt.Sprintf(`rule output "": meta mark => r1; cmp 0 r1 %x; notrack`, binaryutil.NativeEndian.PutUint32(0x7e1c)))
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("build (-want +got):\n%s", diff)
 	}
 }
 

@@ -71,7 +71,7 @@ func mixed() Ruleset {
 			Members: []netip.AddrPort{ap("[fd01::100]:80"), ap("[fd01::101]:8080")},
 			SNAT:    []netip.Addr{ip("fd01::10")}},
 		{Name: "/Common/vs_down6", Proto: unix.IPPROTO_UDP, Dest: ap("[fd00::22]:53")},
-	}}
+	}, NotrackMark: 0x7e1c}
 }
 
 // TestKernelGolden is the differential test: what Apply programs, read back by nft,

@@ -31,6 +31,10 @@ type Virtual struct {
 // Ruleset is the whole desired state of the appliance's table.
 type Ruleset struct {
 	Virtuals []Virtual
+	// NotrackMark, if not zero, exempts from conntrack the packets this host sends with
+	// that firewall mark (SO_MARK): the crafted packets that resume connections after a
+	// takeover, which conntrack would otherwise take for the connections' own and NAT.
+	NotrackMark uint32
 }
 
 // Validate reports the first problem in rs, naming the virtual. Every error wraps

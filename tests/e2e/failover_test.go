@@ -256,6 +256,9 @@ func TestFailoverKeepsMirroredConnections(t *testing.T) {
 		active.Kill()
 		l.waitState(standby, "ACTIVE", 15*time.Second)
 		t.Logf("mirror %s, kill: %s Active %v after the failure", word, standby.Name, time.Since(failedAt).Round(time.Millisecond))
+		if mirror {
+			l.resumed(flows, standby)
+		}
 		time.Sleep(4 * time.Second) // traffic flows through the new active
 		out := settle(flows)
 		t.Logf("failover (links down + SIGKILL), mirror %s: kept %d/%d connections, %d reset", word, out.Kept, out.Total, resets(out.Errors))
@@ -299,6 +302,43 @@ func TestFailoverKeepsMirroredConnections(t *testing.T) {
 			f.Close()
 		}
 	}
+}
+
+// resumed waits until every flow has had an echo since the takeover, and checks that the
+// new active tickled every connection and heard both ends of each (kernel/tickle).
+func (l *lab) resumed(flows []*labnet.Flow, active *labnet.Device) {
+	l.t.Helper()
+	start := time.Now()
+	before := make([]int64, len(flows))
+	for i, f := range flows {
+		before[i] = f.Read()
+	}
+	l.waitFor(10*time.Second, "every flow echoing again", func() (bool, string) {
+		for i, f := range flows {
+			if f.Read() == before[i] {
+				return false, fmt.Sprintf("flow %d silent", f.ID)
+			}
+		}
+		return true, ""
+	})
+	l.t.Logf("every flow echoing again %v after %s saw itself Active", time.Since(start).Round(time.Millisecond), active.Name)
+	want := fmt.Sprintf("connections tickled\" device=%s connections=%d", active.Name, len(flows))
+	l.waitFor(5*time.Second, active.Name+" log: "+want, func() (bool, string) {
+		b, err := os.ReadFile(active.Log)
+		if err != nil {
+			return false, err.Error()
+		}
+		i := strings.LastIndex(string(b), want)
+		if i < 0 {
+			return false, "no such line"
+		}
+		line, _, _ := strings.Cut(string(b[i:]), "\n")
+		if !strings.Contains(line, fmt.Sprintf("answered=%d ", 2*len(flows))) {
+			return false, line
+		}
+		l.t.Logf("%s: ...%s", active.Name, line)
+		return true, ""
+	})
 }
 
 func settle(flows []*labnet.Flow) labnet.Outcome {

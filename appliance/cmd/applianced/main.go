@@ -44,6 +44,7 @@ func run() error {
 	eventBuffer := flag.Int("event-buffer", 0, "conntrack event socket receive buffer in bytes (0: 32 MiB)")
 	eventLinger := flag.Duration("event-linger", 0, "on the active, how long the event reader waits once the socket is empty while events come at over 2000/s, to read them in batches (0: 1ms; negative: never)")
 	digestInterval := flag.Duration("digest-interval", 0, "how often the active sends the standby a digest of the mirrored table to check (0: 10s; negative: never)")
+	tickle := flag.Bool("tickle", true, "after a takeover, make the TCP connections taken over retransmit at once instead of after their back-off (false: leave them to their own timers)")
 	flag.Parse()
 
 	if *check {
@@ -66,7 +67,7 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})).With("device", *name)
 
-	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, EventLinger: *eventLinger, DigestInterval: *digestInterval})
+	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, EventLinger: *eventLinger, DigestInterval: *digestInterval, NoTickle: !*tickle})
 	if err != nil {
 		return err
 	}
