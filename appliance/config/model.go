@@ -136,9 +136,10 @@ const (
 	DBFailoverNetTimeout = "failover.nettimeout"
 )
 
-// DBDefaults are the sys db variables the appliance knows, with BIG-IP's defaults.
+// DBDefaults are the sys db variables the appliance knows, with their defaults (BIG-IP's,
+// except where a comment says).
 var DBDefaults = map[string]string{
-	DBFailoverNetTimeout: "3",
+	DBFailoverNetTimeout: "0.5", // BIG-IP's is 3: see failover.DefaultTimeout
 }
 
 // New returns the configuration of a device that has never been configured.

@@ -11,7 +11,7 @@ func TestConfigDefaults(t *testing.T) {
 	tests := []struct {
 		timeout, wantTimeout, wantInterval time.Duration
 	}{
-		{0, 3 * time.Second, 200 * time.Millisecond},
+		{0, 500 * time.Millisecond, 50 * time.Millisecond},
 		{3 * time.Second, 3 * time.Second, 200 * time.Millisecond},
 		{time.Second, time.Second, 100 * time.Millisecond},
 		{300 * time.Millisecond, 300 * time.Millisecond, 30 * time.Millisecond},

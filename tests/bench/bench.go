@@ -71,9 +71,11 @@ func MakePlan(c Config) Plan {
 	runs := max(c.Runs, 1)
 	p := Plan{
 		Failover: []Setting{
-			{"defaults", "3", "1"},
+			{"defaults", "0.5", "1"},
 			{"100 ms class", "0.1", "0.1"},
 			{"fastest", "0.05", "0.01"},
+			// Where TCP's retransmission back-off shows: ours tickles it away.
+			{"3 s class (BIG-IP's default)", "3", "1"},
 		},
 		FailoverRuns: runs,
 		// Both near one second of detection: keepalived's master-down interval is
