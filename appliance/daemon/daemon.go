@@ -150,7 +150,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("apply configuration: %w", err)
 	}
-	fsm, err := failover.New(d.failoverConfig(&cfg), hooks{d}, d.logger.With("component", "failover"))
+	fsm, err := failover.New(d.failoverConfig(&cfg), hooks{d}, d.logger)
 	if err != nil {
 		return fmt.Errorf("start failover: %w", err)
 	}

@@ -115,7 +115,7 @@ func newMachine(cfg Config, hooks Hooks, logger *slog.Logger, clk clock) (*Machi
 		pace:     realTime,
 		device:   cfg.Device,
 		hooks:    hooks,
-		logger:   logger.With("component", "failover", "device", cfg.Device),
+		logger:   logger.With("component", "failover"), // the caller's logger names the device
 		clock:    clk,
 		bootID:   binary.BigEndian.Uint64(b[:]),
 		retry:    500 * time.Millisecond,

@@ -58,7 +58,10 @@ func (p *pacer) run(ctx context.Context) {
 	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
 		p.logger.Warn("heartbeats at normal priority: a CPU-starved device may send them late", slog.Any("err", err))
 	}
-	var buf []byte
+	var (
+		buf      []byte
+		lastWarn time.Time
+	)
 	for ctx.Err() == nil {
 		wait := maxInterval / 2 // so that the end of ctx is seen soon
 		if r := p.latest.Load(); r != nil {
@@ -68,9 +71,19 @@ func (p *pacer) run(ctx context.Context) {
 			}
 		}
 		ts := unix.NsecToTimespec(wait.Nanoseconds())
+		due := time.Now().Add(wait)
 		_ = unix.Nanosleep(&ts, nil) // EINTR only shortens the wait
+		// The kernel wakes this thread on time; a late start means it waited for the Go
+		// scheduler (a P) after the sleep, which a starved box can delay.
+		if late := time.Since(due); late > maxLate && time.Since(lastWarn) > time.Second {
+			lastWarn = time.Now()
+			p.logger.Warn("heartbeat pacer ran late", "late", late.Round(time.Millisecond))
+		}
 	}
 }
+
+// maxLate is how late the pacer may run before it says so.
+const maxLate = 20 * time.Millisecond
 
 func (p *pacer) send(r *pacedRound, buf []byte) []byte {
 	hb := r.hb
