@@ -121,16 +121,26 @@ func Tickle(ctx context.Context, conns []Conn, opts Options) (Stats, error) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { t.readAnswers(capture, done) })
-	defer func() {
-		close(done)
-		wg.Wait()
-		unix.Close(capture)
-	}()
+	st.Probes, err = t.probe(ctx)
+	close(done)
+	wg.Wait() // the reverts of the last answers are sent and counted
+	unix.Close(capture)
+	if err == nil {
+		err = t.sendErr()
+	}
+	return t.stats(st), err
+}
 
-	var probe [packetLen]byte
-	timer := time.NewTimer(opts.Wait)
+// probe sends the rounds of probes to the endpoints that have not answered, and returns
+// how many it sent.
+func (t *tickler) probe(ctx context.Context) (int, error) {
+	var (
+		pkt [packetLen]byte
+		n   int
+	)
+	timer := time.NewTimer(t.opts.Wait)
 	defer timer.Stop()
-	for range opts.Rounds {
+	for range t.opts.Rounds {
 		pending := t.pending()
 		if len(pending) == 0 {
 			break
@@ -138,21 +148,21 @@ func Tickle(ctx context.Context, conns []Conn, opts Options) (Stats, error) {
 		for _, i := range pending {
 			s := t.sides[i]
 			// From the endpoint's peer, out of its window: sequence and acknowledgment 0.
-			pkt := buildTCPAck(probe[:0], s.Remote, s.Local, 0, 0)
-			if err := sendTo(t.send, pkt, s.Local.Addr()); err != nil {
-				return t.stats(st), fmt.Errorf("tickle %s: probe: %w", s.Local, err)
+			b := buildTCPAck(pkt[:0], s.Remote, s.Local, 0, 0)
+			if err := sendTo(t.send, b, s.Local.Addr()); err != nil {
+				return n, fmt.Errorf("tickle %s: probe: %w", s.Local, err)
 			}
-			st.Probes++
+			n++
 		}
-		timer.Reset(opts.Wait)
+		timer.Reset(t.opts.Wait)
 		select {
 		case <-ctx.Done():
-			return t.stats(st), ctx.Err()
+			return n, ctx.Err()
 		case <-t.allAnswered:
 		case <-timer.C:
 		}
 	}
-	return t.stats(st), t.sendErr()
+	return n, nil
 }
 
 func (c Conn) valid() bool {

@@ -227,6 +227,29 @@ func TestTickleResumesStalledConnection(t *testing.T) {
 	}
 }
 
+// TestTickleUnanswered: endpoints that never answer are probed once a round, and get no
+// ICMP, since nothing says what their peer expects.
+func TestTickleUnanswered(t *testing.T) {
+	ns := nstest.New(t, "tklU")
+	// Nobody on the other end answers ARP for the endpoints.
+	ns.MustRun("ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1")
+	ns.MustRun("ip", "addr", "add", "10.9.0.1/24", "dev", "v0")
+	ns.MustRun("ip", "link", "set", "v0", "up")
+	ns.MustRun("ip", "link", "set", "v1", "up")
+	conn := Conn{
+		A: Side{netip.MustParseAddrPort("10.9.0.5:40000"), netip.MustParseAddrPort("10.9.0.1:80")},
+		B: Side{netip.MustParseAddrPort("10.9.0.6:80"), netip.MustParseAddrPort("10.9.0.1:40000")},
+	}
+	var st Stats
+	ns.MustDo(func() (err error) {
+		st, err = Tickle(context.Background(), []Conn{conn}, Options{Rounds: 2, Wait: 20 * time.Millisecond})
+		return err
+	})
+	if want := (Stats{Conns: 1, Probes: 4}); st != want {
+		t.Errorf("Tickle = %+v, want %+v", st, want)
+	}
+}
+
 func TestTickleIgnoresOtherConns(t *testing.T) {
 	st, err := Tickle(context.Background(), []Conn{
 		{A: Side{netip.MustParseAddrPort("[fd00::1]:1"), netip.MustParseAddrPort("[fd00::10]:2")},
