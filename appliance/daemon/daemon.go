@@ -43,6 +43,9 @@ type Options struct {
 	// NoTickle leaves the TCP connections a takeover inherits to their own retransmission
 	// timers (see Daemon.tickle).
 	NoTickle bool
+	// PacerProcess is the executable that runs the heartbeat pacer process
+	// (failover.Config.PacerProcess); empty: the pacer is a thread of the daemon.
+	PacerProcess string
 }
 
 // Daemon is the appliance's core. Its exported methods are safe for concurrent use; all

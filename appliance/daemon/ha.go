@@ -41,6 +41,8 @@ func (d *Daemon) failoverConfig(c *config.Config) failover.Config {
 		Device:  c.Local.Device.Name,
 		Timeout: c.NetTimeout(),
 		Payload: func() []byte { return []byte(config.Digest(d.Config().Shared)) },
+
+		PacerProcess: d.opts.PacerProcess,
 	}
 	for _, a := range c.Local.Device.UnicastAddresses {
 		fc.Listen = append(fc.Listen, netip.AddrPortFrom(a, HeartbeatPort))

@@ -41,6 +41,11 @@ type Config struct {
 	// Interval is the heartbeat interval. Zero means Timeout/10 clamped to [5ms, 200ms].
 	// It must be shorter than Timeout.
 	Interval time.Duration
+	// PacerProcess, if set, is an executable that runs RunPacerProcess when its first argument
+	// is PacerArg (the daemon's own): heartbeats a starved daemon is late with then go out
+	// from a real-time process of their own rather than a real-time thread of this one. It
+	// is read when Run starts.
+	PacerProcess string
 	// Payload, if set, returns opaque bytes (at most 1024) carried in each heartbeat; the
 	// peer's latest are in Status.PeerPayload. It is called from Run's goroutine once per
 	// heartbeat round and must return quickly; the machine does not keep or modify the slice

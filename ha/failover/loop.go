@@ -46,7 +46,7 @@ type loop struct {
 	lastErr     string
 
 	seq                            *atomic.Uint64 // shared with the pacer
-	pacer                          *pacer         // nil with a fake clock
+	pacer                          roundPacer     // nil with a fake clock
 	buf                            []byte
 	lastAdvert                     advert
 	sent, received, missed, reject uint64
@@ -157,6 +157,14 @@ func newLoop(m *Machine) *loop {
 	}
 	if m.pace {
 		l.pacer = &pacer{seq: l.seq, logger: l.logger}
+		if cfg.PacerProcess != "" {
+			pp, err := newProcPacer(cfg.PacerProcess, l.logger)
+			if err != nil {
+				l.logger.Warn("heartbeat pacer runs as a thread: it may run late when the CPU is saturated", slog.Any("err", err))
+			} else {
+				l.pacer, l.seq = pp, pp.seq()
+			}
+		}
 	}
 	return l
 }
@@ -578,7 +586,7 @@ func (l *loop) pacedSent() uint64 {
 	if l.pacer == nil {
 		return 0
 	}
-	return l.pacer.sent.Load()
+	return l.pacer.sentCount()
 }
 
 // connFor picks the bound socket to send to a peer address from: same address family, the

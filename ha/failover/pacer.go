@@ -43,6 +43,22 @@ type pacedSend struct {
 	to   netip.AddrPort
 }
 
+// roundPacer sends the heartbeat rounds that the loop, starved of CPU, has not sent on
+// time: a thread of this process (pacer) or a process of its own (procPacer).
+type roundPacer interface {
+	// publish records the round the loop is about to send; the loop calls it before taking
+	// the round's sequence number.
+	publish(r *pacedRound)
+	// sentAt records when the loop last sent a round.
+	sentAt(at time.Time)
+	// sentCount is the number of datagrams the pacer sent.
+	sentCount() uint64
+	// run sends overdue rounds until ctx ends.
+	run(ctx context.Context)
+}
+
+func (p *pacer) sentCount() uint64 { return p.sent.Load() }
+
 // publish records the round the loop is about to send, for the pacer to repeat. The loop
 // calls it before taking the round's sequence number.
 func (p *pacer) publish(r *pacedRound) { p.latest.Store(r) }

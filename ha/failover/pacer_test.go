@@ -2,8 +2,12 @@ package failover
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,13 +28,54 @@ func udpPair(t *testing.T) (from, to *net.UDPConn) {
 	return conns[0], conns[1]
 }
 
+// TestMain lets the test binary be the pacer process (procPacer starts os.Args[0]).
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == PacerArg {
+		if err := RunPacerProcess(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 // TestPacerRepeatsOverdueRounds: when the loop stops sending, the pacer repeats its latest
-// round every interval with increasing sequence numbers, and stops when ctx ends.
+// round every interval with increasing sequence numbers, and stops when ctx ends; both the
+// thread and the process.
 func TestPacerRepeatsOverdueRounds(t *testing.T) {
+	logger := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		name string
+		make func(t *testing.T) (roundPacer, *atomic.Uint64)
+	}{
+		{"thread", func(t *testing.T) (roundPacer, *atomic.Uint64) {
+			seq := new(atomic.Uint64)
+			return &pacer{seq: seq, logger: logger}, seq
+		}},
+		{"process", func(t *testing.T) (roundPacer, *atomic.Uint64) {
+			p, err := newProcPacer(os.Args[0], logger)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return p, p.seq()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, seq := tc.make(t)
+			testPacerRepeats(t, p, seq, func() {
+				if _, ok := p.(*procPacer); ok && os.Geteuid() == 0 {
+					checkRealTime(t)
+				}
+			})
+		})
+	}
+}
+
+// testPacerRepeats runs p; while it runs, after its first rounds, it calls running.
+func testPacerRepeats(t *testing.T, p roundPacer, seq *atomic.Uint64, running func()) {
 	from, to := udpPair(t)
-	seq := new(atomic.Uint64)
 	seq.Store(41)
-	p := &pacer{seq: seq, logger: slog.New(slog.DiscardHandler)}
 	round := &pacedRound{
 		hb:       heartbeat{Name: "lb1", State: StateActive, BootID: 7, Payload: []byte("digest")},
 		interval: 10 * time.Millisecond,
@@ -66,9 +111,10 @@ func TestPacerRepeatsOverdueRounds(t *testing.T) {
 		}
 		last = hb.Seq
 	}
-	if got := p.sent.Load(); got < 5 {
+	if got := p.sentCount(); got < 5 {
 		t.Errorf("sent = %d, want at least 5", got)
 	}
+	running()
 }
 
 // TestPacerQuietWhileLoopSends: a round the loop sent less than an interval ago is not repeated.
@@ -130,4 +176,40 @@ func TestPacerSkipsSupersededRound(t *testing.T) {
 	if got := p.sent.Load(); got != 0 {
 		t.Errorf("sent %d heartbeats of a superseded round, want 0", got)
 	}
+}
+
+// checkRealTime checks, while the pacer process runs, that every one of its threads is
+// SCHED_FIFO (policy 1, the 41st field of /proc/PID/task/TID/stat).
+func checkRealTime(t *testing.T) {
+	t.Helper()
+	var pids []string
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, path := range stats {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: the fields after the last ')'.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		cmdline, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "cmdline"))
+		if len(f) > 1 && f[1] == fmt.Sprint(os.Getpid()) && strings.Contains(string(cmdline), PacerArg) {
+			pids = append(pids, filepath.Base(filepath.Dir(path)))
+		}
+	}
+	if len(pids) != 1 {
+		t.Fatalf("pacer processes: %v, want one", pids)
+	}
+	tasks, _ := filepath.Glob("/proc/" + pids[0] + "/task/*/stat")
+	for _, path := range tasks {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		// f[0] is field 3 (state), so field 41 (policy) is f[38].
+		if len(f) < 39 || f[38] != "1" {
+			t.Errorf("pacer thread %s: policy %v, want 1 (SCHED_FIFO)", path, f[38:39])
+		}
+	}
+	t.Logf("pacer process %s: %d threads, all SCHED_FIFO", pids[0], len(tasks))
 }

@@ -21,12 +21,21 @@ import (
 	"github.com/openappliance/appliance/appliance/control"
 	"github.com/openappliance/appliance/appliance/daemon"
 	"github.com/openappliance/appliance/appliance/tmsh"
+	"github.com/openappliance/appliance/ha/failover"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == failover.PacerArg {
+		// The daemon's heartbeat pacer, started by the daemon itself.
+		if err := failover.RunPacerProcess(); err != nil {
+			fmt.Fprintln(os.Stderr, "applianced:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "applianced:", err)
 		os.Exit(1)
@@ -67,7 +76,7 @@ func run() error {
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: &level})).With("device", *name)
 
-	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, EventLinger: *eventLinger, DigestInterval: *digestInterval, NoTickle: !*tickle})
+	d, err := daemon.New(daemon.Options{Name: *name, ConfigPath: *configPath, Logger: logger, EventBuffer: *eventBuffer, EventLinger: *eventLinger, DigestInterval: *digestInterval, NoTickle: !*tickle, PacerProcess: pacerProcess(logger)})
 	if err != nil {
 		return err
 	}
@@ -135,4 +144,14 @@ func serveMetrics(ctx context.Context, addr string, c prometheus.Collector) erro
 		return err
 	}
 	return nil
+}
+
+// pacerProcess is the executable that runs the heartbeat pacer process: this one.
+func pacerProcess(logger *slog.Logger) string {
+	exe, err := os.Executable()
+	if err != nil {
+		logger.Warn("heartbeat pacer runs as a thread", slog.Any("err", err))
+		return ""
+	}
+	return exe
 }
