@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -212,4 +214,44 @@ func checkRealTime(t *testing.T) {
 		}
 	}
 	t.Logf("pacer process %s: %d threads, all SCHED_FIFO", pids[0], len(tasks))
+}
+
+func TestPaceMemRound(t *testing.T) {
+	m := paceMem(make([]byte, memSize))
+	var r pacerRound
+	if m.readRound(&r) {
+		t.Fatal("readRound of an empty page reported a round")
+	}
+	hb, err := heartbeat{Name: "lb1", State: StateActive, BootID: 9}.AppendBinary(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dests := []pacedDest{
+		{sock: 0, to: netip.MustParseAddrPort("192.168.77.3:1026")},
+		{sock: 1, to: netip.MustParseAddrPort("[fd77::3]:1026")},
+	}
+	m.writeRound(5*time.Millisecond, hb, dests)
+	if !m.readRound(&r) {
+		t.Fatal("readRound after writeRound: no round")
+	}
+	if r.interval != 5*time.Millisecond || string(r.hb) != string(hb) || !slices.Equal(r.dests, dests) {
+		t.Errorf("read %+v, want interval 5ms, %x, %v", r, hb, dests)
+	}
+	m.word(memVersion).Add(1) // a writer in the middle of a round
+	if m.readRound(&r) {
+		t.Error("readRound reported a round being written")
+	}
+}
+
+func FuzzPaceMemRound(f *testing.F) {
+	m := paceMem(make([]byte, memSize))
+	hb, _ := heartbeat{Name: "lb1", State: StateActive}.AppendBinary(nil)
+	m.writeRound(time.Millisecond, hb, []pacedDest{{to: netip.MustParseAddrPort("10.0.0.1:1026")}})
+	f.Add([]byte(m))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		page := paceMem(make([]byte, memSize))
+		copy(page, b)
+		var r pacerRound
+		page.readRound(&r)
+	})
 }

@@ -200,6 +200,7 @@ type procPacer struct {
 	socks  chan []*net.UDPConn // the sockets the pacer process must have; latest wins
 	known  []*net.UDPConn      // the loop's view of what the process has (loop goroutine only)
 	encBuf []byte
+	dests  []pacedDest
 }
 
 // newProcPacer creates the shared page. The process starts in run.
@@ -230,7 +231,7 @@ func (p *procPacer) publish(r *pacedRound) {
 			conns = append(conns, s.conn)
 		}
 	}
-	if !sameConns(conns, p.known) {
+	if !slices.Equal(conns, p.known) {
 		p.known = conns
 		select { // latest wins
 		case <-p.socks:
@@ -245,14 +246,12 @@ func (p *procPacer) publish(r *pacedRound) {
 		return
 	}
 	p.encBuf = b
-	dests := make([]pacedDest, 0, len(r.sends))
+	p.dests = p.dests[:0]
 	for _, s := range r.sends {
-		dests = append(dests, pacedDest{sock: slices.Index(conns, s.conn), to: s.to})
+		p.dests = append(p.dests, pacedDest{sock: slices.Index(conns, s.conn), to: s.to})
 	}
-	p.mem.writeRound(r.interval, b, dests)
+	p.mem.writeRound(r.interval, b, p.dests)
 }
-
-func sameConns(a, b []*net.UDPConn) bool { return slices.Equal(a, b) }
 
 func (p *procPacer) sentAt(at time.Time) { p.mem.word(memLastSent).Store(uint64(at.UnixNano())) }
 
@@ -263,8 +262,9 @@ func (p *procPacer) sentCount() uint64 { return p.mem.word(memSent).Load() }
 // that the process and every thread it makes inherit the policy, and the kernel's
 // parent-death signal is tied to it.
 func (p *procPacer) run(ctx context.Context) {
+	// The page stays mapped: the loop reads the sequence counter and the send count from it
+	// until it has finished, after run returns. It is one page per Machine.
 	defer p.memFD.Close()
-	defer unix.Munmap(p.mem)
 	runtime.LockOSThread()
 	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: pacerPriority}
 	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {

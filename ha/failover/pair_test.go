@@ -3,6 +3,7 @@ package failover
 import (
 	"errors"
 	"net/netip"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
@@ -210,4 +211,21 @@ func TestRunLeavesNoGoroutines(t *testing.T) {
 	stop1()
 	stop2()
 	waitFor(t, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+}
+
+// TestPairWithPacerProcess: with the pacer as a process of its own, a pair forms, and when
+// one device stops its pacer process stops with it, so the peer takes over.
+func TestPairWithPacerProcess(t *testing.T) {
+	p := newPair(t, 300*time.Millisecond)
+	p.cfg1.PacerProcess, p.cfg2.PacerProcess = os.Args[0], os.Args[0]
+	rec1, rec2 := &recorder{}, &recorder{}
+	lb1, lb2 := newDevice(t, p.cfg1, rec1), newDevice(t, p.cfg2, rec2)
+	stop1 := start(t, lb1)
+	start(t, lb2)
+	waitFor(t, "lb1 Active, lb2 Standby seeing it", func() bool {
+		s2 := lb2.Status()
+		return state(lb1) == StateActive && s2.State == StateStandby && s2.PeerState == StateActive && s2.PeerAlive
+	})
+	stop1()
+	waitFor(t, "lb2 Active once lb1 and its pacer process are gone", func() bool { return state(lb2) == StateActive })
 }
