@@ -418,7 +418,7 @@ func parseTCP(p []byte) (src, dst netip.AddrPort, ack uint32, ok bool) {
 		return src, dst, 0, false
 	}
 	ihl := int(p[0]&0x0f) * 4
-	if ihl < ipLen || binary.BigEndian.Uint16(p[6:])&0x1fff != 0 { // a later fragment
+	if ihl < ipLen || ihl > len(p) || binary.BigEndian.Uint16(p[6:])&0x1fff != 0 { // a later fragment
 		return src, dst, 0, false
 	}
 	t := p[ihl:]
