@@ -264,7 +264,7 @@ func (r *roleRunner) start(c *config.Config) {
 			Device:         c.Local.Device.Name,
 			Peers:          peers,
 			Snapshot:       d.snapshot,
-			Logger:         logger,
+			Logger:         d.logger, // the package names its component
 			DigestInterval: d.opts.DigestInterval,
 			// A burst the listener read in one go leaves in one write.
 			Linger: linger / 4,
@@ -294,7 +294,7 @@ func (r *roleRunner) start(c *config.Config) {
 	}
 	// The receiver checks its own kernel against what it injected at every digest: an entry
 	// deleted or expired behind its back is repaired, one it never injected is removed.
-	receiver := mirror.NewReceiver(mirror.ReceiverConfig{Listen: addrs, Table: flowWriter{d}, Snapshot: d.snapshot, Logger: logger})
+	receiver := mirror.NewReceiver(mirror.ReceiverConfig{Listen: addrs, Table: flowWriter{d}, Snapshot: d.snapshot, Logger: d.logger})
 	r.statsMu.Lock()
 	r.receiver = receiver
 	r.statsMu.Unlock()
