@@ -193,14 +193,15 @@ func sockaddr(to netip.AddrPort) unix.Sockaddr {
 
 // procPacer is the daemon's side of a pacer process.
 type procPacer struct {
-	exe    string
-	logger *slog.Logger
-	mem    paceMem
-	memFD  *os.File
-	socks  chan []*net.UDPConn // the sockets the pacer process must have; latest wins
-	known  []*net.UDPConn      // the loop's view of what the process has (loop goroutine only)
-	encBuf []byte
-	dests  []pacedDest
+	exe     string
+	logger  *slog.Logger
+	mem     paceMem
+	memFD   *os.File
+	socks   chan []*net.UDPConn // the sockets the pacer process must have; latest wins
+	known   []*net.UDPConn      // the loop's view of what the process has (loop goroutine only)
+	encBuf  []byte
+	dests   []pacedDest
+	connBuf []*net.UDPConn
 }
 
 // newProcPacer creates the shared page. The process starts in run.
@@ -224,20 +225,23 @@ func newProcPacer(exe string, logger *slog.Logger) (*procPacer, error) {
 
 func (p *procPacer) seq() *atomic.Uint64 { return p.mem.word(memSeq) }
 
+// publish runs once per heartbeat round: it reuses its buffers, and only a changed set of
+// sockets (rare) allocates.
 func (p *procPacer) publish(r *pacedRound) {
-	var conns []*net.UDPConn
+	conns := p.connBuf[:0]
 	for _, s := range r.sends {
 		if !slices.Contains(conns, s.conn) {
 			conns = append(conns, s.conn)
 		}
 	}
+	p.connBuf = conns
 	if !slices.Equal(conns, p.known) {
-		p.known = conns
+		p.known = slices.Clone(conns)
 		select { // latest wins
 		case <-p.socks:
 		default:
 		}
-		p.socks <- conns
+		p.socks <- p.known
 	}
 	hb := r.hb
 	hb.Seq = 0

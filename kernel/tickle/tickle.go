@@ -258,20 +258,19 @@ func (t *tickler) readAnswers(fd int, done <-chan struct{}) {
 		// The peer's oldest unacknowledged byte is what this endpoint expects next.
 		peer := t.sides[i^1]
 		pkt := buildUnreachable(icmp[:0], peer, ack)
+		sent := 0
+		var sendErr error
 		for range t.opts.Reverts {
-			if err := sendTo(t.send, pkt, peer.Local.Addr()); err != nil {
-				t.mu.Lock()
-				if t.err == nil {
-					t.err = fmt.Errorf("tickle %s: revert: %w", peer.Local, err)
-				}
-				t.mu.Unlock()
+			if sendErr = sendTo(t.send, pkt, peer.Local.Addr()); sendErr != nil {
 				break
 			}
-			t.mu.Lock()
-			t.nRevert++
-			t.mu.Unlock()
+			sent++
 		}
 		t.mu.Lock()
+		if sendErr != nil && t.err == nil {
+			t.err = fmt.Errorf("tickle %s: revert: %w", peer.Local, sendErr)
+		}
+		t.nRevert += sent
 		if t.replied++; t.replied == len(t.sides) {
 			close(t.allAnswered)
 		}
@@ -336,12 +335,9 @@ func openCapture() (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("tickle: attach capture filter: %w", err)
 	}
-	// Answers from thousands of connections arrive in a few milliseconds.
+	// Answers from thousands of connections arrive in a few milliseconds. Best effort: a
+	// smaller buffer only costs a later round.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP)}); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("tickle: bind packet socket: %w", err)
-	}
 	return fd, nil
 }
 
