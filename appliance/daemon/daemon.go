@@ -56,6 +56,7 @@ type Daemon struct {
 	store  config.Store
 
 	running atomic.Pointer[config.Config]
+	digest  atomic.Pointer[sharedDigest] // of the running configuration's shared part
 	mirror  atomic.Pointer[virtualIndex] // which flows belong to which virtual
 
 	mu        sync.Mutex // serialises configuration changes and role changes
@@ -126,6 +127,27 @@ func Check(path, name string) error {
 // Config returns the running configuration. Callers must not change it.
 func (d *Daemon) Config() config.Config { return *d.running.Load() }
 
+// sharedDigest is config.Digest of one running configuration.
+type sharedDigest struct {
+	of      *config.Config
+	digest  string
+	payload []byte // digest as the heartbeats carry it; read only
+}
+
+// sharedDigest returns config.Digest of the running configuration's shared part. Every
+// heartbeat carries it, so it is computed once per configuration rather than each time
+// (a TOML encoding and a hash: most of an idle daemon's CPU when it was not kept).
+func (d *Daemon) sharedDigest() *sharedDigest {
+	cfg := d.running.Load()
+	if m := d.digest.Load(); m != nil && m.of == cfg {
+		return m
+	}
+	digest := config.Digest(cfg.Shared)
+	m := &sharedDigest{of: cfg, digest: digest, payload: []byte(digest)}
+	d.digest.Store(m)
+	return m
+}
+
 // Run brings the kernel to the configuration and runs the HA machinery until ctx ends. On
 // the way out the mirror stream and the listeners stop; the nftables table and the kernel's
 // connection entries stay, so that traffic keeps flowing through a daemon restart.
@@ -137,6 +159,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// A connection that was not mirrored must be reset by a new active, not picked up
 		// mid-stream and sent to whichever pool member the next packet chooses.
 		{"net.netfilter.nf_conntrack_tcp_loose", "0"},
+		// Every entry must carry the event extension, or the kernel never reports its
+		// updates and its end. The default (2) adds it only while an event listener exists
+		// somewhere on the machine, and a standby has none: the entries it injects would
+		// be silent once it takes over, and their ends never reach the next standby.
+		{"net.netfilter.nf_conntrack_events", "1"},
 	} {
 		if err := link.SetSysctl(s.name, s.value); err != nil {
 			d.logger.Warn("sysctl", "name", s.name, slog.Any("err", err))

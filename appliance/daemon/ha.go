@@ -40,7 +40,7 @@ func (d *Daemon) failoverConfig(c *config.Config) failover.Config {
 	fc := failover.Config{
 		Device:  c.Local.Device.Name,
 		Timeout: c.NetTimeout(),
-		Payload: func() []byte { return []byte(config.Digest(d.Config().Shared)) },
+		Payload: func() []byte { return d.sharedDigest().payload },
 
 		PacerProcess: d.opts.PacerProcess,
 	}
@@ -704,7 +704,7 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 		st.SyncStatus, st.SyncSummary = "Standalone", "This device is not in a sync-failover device group"
 	case !st.PeerAlive:
 		st.SyncStatus, st.SyncSummary = "Disconnected", "The peer device is not reachable"
-	case peerDigest == config.Digest(cfg.Shared):
+	case peerDigest == d.sharedDigest().digest:
 		st.SyncStatus, st.SyncSummary = "In Sync", "All devices in the device group are in sync"
 	default:
 		st.SyncStatus, st.SyncSummary = "Changes Pending", "There is a possible change conflict between "+strings.Join([]string{cfg.Local.Device.Name, st.Peer}, " and ")

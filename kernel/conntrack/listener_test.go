@@ -62,6 +62,46 @@ func TestListenerEvents(t *testing.T) {
 	}
 }
 
+// TestEventsOfEntriesInjectedBeforeListener shows why applianced sets
+// net.netfilter.nf_conntrack_events to 1: an entry reports its end only if it got the event
+// extension at creation. A standby injects its entries with no listener of its own, and
+// becomes the one listening only when it takes over. With 1 the entries carry the extension
+// whatever listens; with 0 they never do. The kernel's default, 2, adds it only while some
+// event listener exists anywhere on the machine (a flag shared by all namespaces): here a
+// test of another package may hold one, so that case is not checked.
+func TestEventsOfEntriesInjectedBeforeListener(t *testing.T) {
+	for _, tc := range []struct {
+		sysctl  string
+		destroy bool
+	}{
+		{sysctl: "1", destroy: true},
+		{sysctl: "0", destroy: false},
+	} {
+		t.Run("nf_conntrack_events="+tc.sysctl, func(t *testing.T) {
+			ns := natNS(t, "ctlext")
+			ns.MustRun("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_events="+tc.sysctl)
+			tbl := openTable(t, ns)
+			f := Flow{
+				Proto: unix.IPPROTO_TCP, TCPState: TCPStateEstablished, Timeout: 120,
+				Orig:  tup("10.0.0.1:40000", "10.0.0.10:3306"),
+				Reply: tup("10.1.0.100:3306", "10.1.0.10:40000"),
+			}
+			if err := tbl.Inject(f); err != nil {
+				t.Fatal(err)
+			}
+			events, _ := listen(t, ns, 1<<20)
+			if err := tbl.Delete(f); err != nil {
+				t.Fatal(err)
+			}
+			if tc.destroy {
+				expectEvents(t, events, Event{Type: EventDestroy, Flow: f})
+			} else {
+				expectEvents(t, events)
+			}
+		})
+	}
+}
+
 // TestListenerOverrun proves that a listener whose socket overflows reports EventOverrun
 // and then carries on delivering events.
 func TestListenerOverrun(t *testing.T) {

@@ -226,6 +226,14 @@ func (l *lab) setup() {
 func TestFailoverKeepsMirroredConnections(t *testing.T) {
 	l := newLab(t)
 	l.setup()
+	// Each device's own entries must report their end once it listens (see the daemon's
+	// sysctls): the lab's shared kernel would hide the lack, since the peer's listener counts.
+	for _, d := range l.Devices {
+		out, err := exec.Command("ip", "netns", "exec", d.NS, "sysctl", "-n", "net.netfilter.nf_conntrack_events").CombinedOutput()
+		if got := strings.TrimSpace(string(out)); err != nil || got != "1" {
+			t.Errorf("%s: nf_conntrack_events = %q (%v), want 1", d.Name, got, err)
+		}
+	}
 	echo := l.startEcho()
 	defer echo.Close()
 
