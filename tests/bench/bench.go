@@ -400,11 +400,19 @@ func addBurst(res *Results, name string, key func(string) string, r RateRun, not
 		res.Add(key("xp50"), name, ms(r.ExactP50))
 		res.Add(key("xp99"), name, ms(r.ExactP99))
 	}
-	perFlow := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(r.Created) }
-	res.Add(key("cpu-active"), name, perFlow(r.CPUActive))
-	res.Add(key("cpu-standby"), name, perFlow(r.CPUStandby))
+	addCPU(res, name, key, r.CPUActive, r.CPUStandby, r.Created)
 	if r.Overruns > 0 {
 		res.Note(key(noteKey), name, fmt.Sprintf("the harness's event reader lost events %d times: lags are a floor", r.Overruns))
+	}
+}
+
+// addCPU records CPU per item on each side under "cpu-active" and "cpu-standby", and the
+// part of it spent in the daemons' own code under "cpu-active-user" and "cpu-standby-user".
+func addCPU(res *Results, name string, key func(string) string, active, standby cpuUse, n int) {
+	for side, c := range map[string]cpuUse{"active": active, "standby": standby} {
+		total, user := c.perItem(n)
+		res.Add(key("cpu-"+side), name, total)
+		res.Add(key("cpu-"+side+"-user"), name, user)
 	}
 }
 
@@ -469,8 +477,7 @@ func measureSync(ctx context.Context, sys System, p Plan, res *Results, logf log
 			}
 			res.Add(key("resync"), name, r.Resync.Seconds())
 			res.Add(key("total"), name, r.Total.Seconds())
-			res.Add(key("cpu-active"), name, float64(r.CPUActive)/float64(time.Microsecond)/float64(n))
-			res.Add(key("cpu-standby"), name, float64(r.CPUStandby)/float64(time.Microsecond)/float64(n))
+			addCPU(res, name, key, r.CPUActive, r.CPUStandby, n)
 			res.Add(key("rss-active"), name, r.RSSActive/1e6)
 			res.Add(key("rss-standby"), name, r.RSSStandby/1e6)
 			res.Add(key("rss-active-per"), name, (r.RSSActive-baseA)/float64(n))

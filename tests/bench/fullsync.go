@@ -81,7 +81,7 @@ type FullSyncRun struct {
 	// `conntrackd -c`, the commit a takeover runs.
 	Total time.Duration
 	// CPU of the mirroring daemons during the catch-up.
-	CPUActive, CPUStandby time.Duration
+	CPUActive, CPUStandby cpuUse
 	// RSS of the mirroring daemons once the standby holds the n entries.
 	RSSActive, RSSStandby float64
 	// Held is how many entries the standby held at the end (n unless it timed out).
@@ -123,7 +123,7 @@ func FullSyncOurs(ctx context.Context, o *Ours, n int) (FullSyncRun, error) {
 	r.Resync = time.Since(t0)
 	r.Total = r.Resync
 	pidsS := o.DaemonPIDs(standby)
-	r.CPUActive, r.CPUStandby = cpuTimes(pidsA)-cpuA0, cpuTimes(pidsS)
+	r.CPUActive, r.CPUStandby = cpuTimes(pidsA).Sub(cpuA0), cpuTimes(pidsS)
 	r.RSSActive, r.RSSStandby = rssSum(pidsA), rssSum(pidsS)
 	if err != nil {
 		return r, err
@@ -165,7 +165,7 @@ func FullSyncTheirs(ctx context.Context, t *Theirs, n int) (FullSyncRun, error) 
 	pidsS := t.DaemonPIDs(standby)
 	r.RSSActive, r.RSSStandby = rssSum(pidsA), rssSum(pidsS)
 	if err != nil {
-		r.CPUActive, r.CPUStandby = cpuTimes(pidsA)-cpuA0, cpuTimes(pidsS)
+		r.CPUActive, r.CPUStandby = cpuTimes(pidsA).Sub(cpuA0), cpuTimes(pidsS)
 		return r, err
 	}
 	if err := t.Commit(ctx, standby, syncBound); err != nil {
@@ -177,7 +177,7 @@ func FullSyncTheirs(ctx context.Context, t *Theirs, n int) (FullSyncRun, error) 
 		return r.Held >= n, err
 	})
 	r.Total = time.Since(t0)
-	r.CPUActive, r.CPUStandby = cpuTimes(pidsA)-cpuA0, cpuTimes(pidsS)
+	r.CPUActive, r.CPUStandby = cpuTimes(pidsA).Sub(cpuA0), cpuTimes(pidsS)
 	if err != nil {
 		return r, err
 	}

@@ -9,28 +9,28 @@ import (
 	"strings"
 )
 
-// ParseProcStatCPU returns utime+stime (clock ticks) from the text of /proc/PID/stat. The
+// ParseProcStatCPU returns utime and stime (clock ticks) from the text of /proc/PID/stat. The
 // command name (field 2) is in parentheses and may hold spaces or parentheses, so fields
 // are counted from the last ')': utime and stime are fields 14 and 15 (proc(5)).
-func ParseProcStatCPU(stat string) (uint64, error) {
+func ParseProcStatCPU(stat string) (utime, stime uint64, err error) {
 	i := strings.LastIndexByte(stat, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("proc stat: no command field")
+		return 0, 0, fmt.Errorf("proc stat: no command field")
 	}
 	f := strings.Fields(stat[i+1:])
 	// f[0] is field 3 (state), so field n is f[n-3].
 	if len(f) < 13 {
-		return 0, fmt.Errorf("proc stat: %d fields after the command, want at least 13", len(f))
+		return 0, 0, fmt.Errorf("proc stat: %d fields after the command, want at least 13", len(f))
 	}
 	ut, err := strconv.ParseUint(f[11], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("proc stat utime: %w", err)
+		return 0, 0, fmt.Errorf("proc stat utime: %w", err)
 	}
 	st, err := strconv.ParseUint(f[12], 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("proc stat stime: %w", err)
+		return 0, 0, fmt.Errorf("proc stat stime: %w", err)
 	}
-	return ut + st, nil
+	return ut, st, nil
 }
 
 // ParseStatusKB returns a "Key:   N kB" field of /proc/PID/status (VmRSS, VmHWM) in kB.

@@ -78,25 +78,39 @@ func killNS(ns string, timeout time.Duration) error {
 	}
 }
 
-// cpuTime returns the user+system CPU time a process has used.
-func cpuTime(pid int) (time.Duration, error) {
+// cpuUse is CPU time as the kernel accounts it: User runs the process's own code, Sys is the
+// kernel's work in its system calls (for a mirroring daemon, mostly the conntrack and
+// socket work it asks for) and in interrupts that hit it.
+type cpuUse struct{ User, Sys time.Duration }
+
+func (c cpuUse) Total() time.Duration { return c.User + c.Sys }
+func (c cpuUse) Sub(o cpuUse) cpuUse  { return cpuUse{User: c.User - o.User, Sys: c.Sys - o.Sys} }
+func (c cpuUse) String() string       { return fmt.Sprintf("%v (user %v)", c.Total(), c.User) }
+func (c cpuUse) perItem(n int) (total, user float64) {
+	us := func(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) / float64(n) }
+	return us(c.Total()), us(c.User)
+}
+
+// cpuTime returns the CPU time a process has used.
+func cpuTime(pid int) (cpuUse, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return cpuUse{}, err
 	}
-	ticks, err := ParseProcStatCPU(string(data))
+	ut, st, err := ParseProcStatCPU(string(data))
 	if err != nil {
-		return 0, err
+		return cpuUse{}, err
 	}
-	return time.Duration(ticks) * clockTick, nil
+	return cpuUse{User: time.Duration(ut) * clockTick, Sys: time.Duration(st) * clockTick}, nil
 }
 
 // cpuTimes sums cpuTime over pids; processes that are gone count as 0.
-func cpuTimes(pids []int) time.Duration {
-	var total time.Duration
+func cpuTimes(pids []int) cpuUse {
+	var total cpuUse
 	for _, p := range pids {
-		if d, err := cpuTime(p); err == nil {
-			total += d
+		if c, err := cpuTime(p); err == nil {
+			total.User += c.User
+			total.Sys += c.Sys
 		}
 	}
 	return total

@@ -36,7 +36,7 @@ type RateRun struct {
 	ExactP50, ExactP99 time.Duration
 	// CPUActive and CPUStandby: CPU time the mirroring daemons used during the burst
 	// and its drain.
-	CPUActive, CPUStandby time.Duration
+	CPUActive, CPUStandby cpuUse
 	// Overruns: events the harness's own listeners lost (the figures are then a floor).
 	Overruns int
 }
@@ -465,7 +465,7 @@ func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen bur
 	if settle != nil {
 		settle(ctx, active, standby)
 	}
-	r.CPUActive, r.CPUStandby = cpuTimes(pidsA)-cpuA0, cpuTimes(pidsS)-cpuS0
+	r.CPUActive, r.CPUStandby = cpuTimes(pidsA).Sub(cpuA0), cpuTimes(pidsS).Sub(cpuS0)
 	created := onActive.stop()
 	r.Created = len(created)
 	r.Overruns = int(onActive.overruns.Load())

@@ -79,7 +79,9 @@ func (r *Results) Rows(p Plan) []Row {
 		row(k("xp50"), "  lag p50, exact per entry kernel → kernel", "ms", Lower, "")
 		row(k("xp99"), "  lag p99, exact per entry kernel → kernel", "ms", Lower, "")
 		row(k("cpu-active"), "  CPU per mirrored flow, active (event in, stream out; destroy too)", "µs", Lower, "")
+		row(k("cpu-active-user"), "    of which in user space (the daemon's own code)", "µs", Lower, "")
 		row(k("cpu-standby"), "  CPU per mirrored flow, standby (stream in, kernel inject and delete)", "µs", Lower, "")
+		row(k("cpu-standby-user"), "    of which in user space", "µs", Lower, "")
 	}
 
 	head(fmt.Sprintf("4. Full sync (defaults): a standby that joins late (daemon restarted, kernel table emptied) until it holds every entry of the active (bound %v)", syncBound))
@@ -88,16 +90,20 @@ func (r *Results) Rows(p Plan) []Row {
 		row(SyncKey(n, "total"), fmt.Sprintf("%s entries: standby kernel holds all (theirs: resync + conntrackd -c)", thousands(n)), "s", Lower, "")
 	}
 
-	head("5. Cost of the mirroring daemons (applianced | conntrackd), CPU = utime+stime from /proc/PID/stat")
+	head("5. Cost of the mirroring daemons (applianced | conntrackd), CPU = utime+stime from /proc/PID/stat; user space = utime (the rest is the kernel's work in their system calls)")
 	for _, proto := range []uint8{6, 17} {
 		t := p.RateTargets[len(p.RateTargets)-1]
 		name := strings.ToUpper(protoName(proto))
 		row(RateKey(proto, t, "cpu-active"), fmt.Sprintf("CPU per new %s flow, active (burst at target %s/s)", name, thousands(t)), "µs", Lower, "")
+		row(RateKey(proto, t, "cpu-active-user"), "  of which in user space", "µs", Lower, "")
 		row(RateKey(proto, t, "cpu-standby"), fmt.Sprintf("CPU per new %s flow, standby", name), "µs", Lower, "")
+		row(RateKey(proto, t, "cpu-standby-user"), "  of which in user space", "µs", Lower, "")
 	}
 	big := p.SyncN[len(p.SyncN)-1]
 	row(SyncKey(big, "cpu-active"), fmt.Sprintf("CPU per entry of a %s full sync, active", thousands(big)), "µs", Lower, "")
+	row(SyncKey(big, "cpu-active-user"), "  of which in user space", "µs", Lower, "")
 	row(SyncKey(big, "cpu-standby"), fmt.Sprintf("CPU per entry of a %s full sync, standby (theirs: incl. commit)", thousands(big)), "µs", Lower, "")
+	row(SyncKey(big, "cpu-standby-user"), "  of which in user space", "µs", Lower, "")
 	row(SyncKey(big, "rss-active"), fmt.Sprintf("RSS with %s mirrored entries, active", thousands(big)), "MB", Lower, "")
 	row(SyncKey(big, "rss-standby"), fmt.Sprintf("RSS with %s mirrored entries, standby", thousands(big)), "MB", Lower, "")
 	row(SyncKey(big, "rss-active-per"), "  RSS per entry over the idle daemon, active", "B", Lower, "")

@@ -104,11 +104,11 @@ failed          | failed (2/2 runs) | 1 s [1–1]                   |
 func TestParseProcStatCPU(t *testing.T) {
 	// A command name with a space and a parenthesis: fields are counted from the last ')'.
 	stat := "4242 (weird) name) S 1 4242 4242 0 -1 4194560 1200 0 3 0 250 75 0 0 20 0 9 0 123 456789 1000 18446744073709551615"
-	got, err := ParseProcStatCPU(stat)
-	if err != nil || got != 325 {
-		t.Errorf("ParseProcStatCPU = %d, %v; want 325 (250 utime + 75 stime)", got, err)
+	ut, st, err := ParseProcStatCPU(stat)
+	if err != nil || ut != 250 || st != 75 {
+		t.Errorf("ParseProcStatCPU = %d, %d, %v; want 250 utime, 75 stime", ut, st, err)
 	}
-	if _, err := ParseProcStatCPU("4242 (x) S 1 2"); err == nil {
+	if _, _, err := ParseProcStatCPU("4242 (x) S 1 2"); err == nil {
 		t.Error("ParseProcStatCPU of a short line: no error")
 	}
 }
