@@ -423,6 +423,9 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 	}
 }
 
+// digestQueueEvery is how many dumped entries a digest reads between two looks at the queue.
+const digestQueueEvery = 128
+
 // lingerBatch is the batch size from which the Sender takes its stream to be busy (Linger).
 const lingerBatch = 8
 
@@ -582,8 +585,9 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 			restarted = true
 			return errRestartSync
 		}
-		// Send what was queued meanwhile, so that mirroring lags no more than usual.
-		if n++; n%1024 == 0 && s.q.len() > 0 {
+		// Send what was queued meanwhile, so that mirroring lags no more than usual: the
+		// kernel dumps about 200k entries a second, so this looks every half millisecond.
+		if n++; n%digestQueueEvery == 0 && s.q.len() > 0 {
 			if err := sendQueue(); err != nil {
 				return err
 			}
