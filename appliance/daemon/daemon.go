@@ -153,20 +153,20 @@ func (d *Daemon) sharedDigest() *sharedDigest {
 // connection entries stay, so that traffic keeps flowing through a daemon restart.
 func (d *Daemon) Run(ctx context.Context) error {
 	defer d.injTable.Close()
-	for _, s := range []struct{ name, value string }{
-		{"net.ipv4.ip_forward", "1"},
-		{"net.ipv6.conf.all.forwarding", "1"},
+	for _, s := range []struct{ name, value, unless string }{
+		{"net.ipv4.ip_forward", "1", "virtual servers do not forward IPv4"},
+		{"net.ipv6.conf.all.forwarding", "1", "virtual servers do not forward IPv6"},
 		// A connection that was not mirrored must be reset by a new active, not picked up
 		// mid-stream and sent to whichever pool member the next packet chooses.
-		{"net.netfilter.nf_conntrack_tcp_loose", "0"},
+		{"net.netfilter.nf_conntrack_tcp_loose", "0", "a new active picks up connections it does not know mid-stream"},
 		// Every entry must carry the event extension, or the kernel never reports its
 		// updates and its end. The default (2) adds it only while an event listener exists
 		// somewhere on the machine, and a standby has none: the entries it injects would
 		// be silent once it takes over, and their ends never reach the next standby.
-		{"net.netfilter.nf_conntrack_events", "1"},
+		{"net.netfilter.nf_conntrack_events", "1", "connections mirrored to this device are not followed once it takes over; only digests repair the peer"},
 	} {
 		if err := link.SetSysctl(s.name, s.value); err != nil {
-			d.logger.Warn("sysctl", "name", s.name, slog.Any("err", err))
+			d.logger.Warn("cannot set sysctl: "+s.unless, "name", s.name, "value", s.value, slog.Any("err", err))
 		}
 	}
 	cfg := d.Config()
