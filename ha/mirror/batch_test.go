@@ -75,6 +75,46 @@ func TestBatchInjection(t *testing.T) {
 	}
 }
 
+// TestBatchPipeline: while a full run of changes is being applied, the Receiver decodes the
+// next; runs are applied one at a time and in order, so a third waits for the first.
+func TestBatchPipeline(t *testing.T) {
+	checkGoroutines(t)
+	table := newBatchTable()
+	table.log = true
+	table.gate = make(chan struct{})
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	c := dialRaw(t, r.Addrs()[0])
+
+	const n = 3 * maxBatch
+	frames := []frame{helloFrame("a")}
+	var want []string
+	for i := range n {
+		f := testFlow(i)
+		frames = append(frames, frame{typ: frameUpsert, flow: f})
+		want = append(want, fmt.Sprintf("upsert %v/%d", f.Orig.Src, f.Timeout))
+	}
+	c.send(frames...)
+	// The first run is held in the table, and the second is decoded meanwhile.
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 2*maxBatch },
+		func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	if got := table.batchSizes(); !slices.Equal(got, []int{maxBatch}) {
+		t.Errorf("with the first run held: batches %v, want [%d]", got, maxBatch)
+	}
+	for range 3 {
+		table.gate <- struct{}{}
+	}
+	waitFor(t, testTimeout, func() bool { return r.Flows() == n }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	if got := table.callLog(); !slices.Equal(got, want) {
+		t.Errorf("flows applied out of order:\n%q", got)
+	}
+	table.mu.Lock()
+	defer table.mu.Unlock()
+	if table.maxInFlight != 1 {
+		t.Errorf("%d runs applied at once, want 1", table.maxInFlight)
+	}
+}
+
 // TestBatchInjectErrors: InjectBatch's errors count per flow; a flow that failed is not held.
 func TestBatchInjectErrors(t *testing.T) {
 	checkGoroutines(t)

@@ -322,13 +322,30 @@ type batchTable struct {
 	batches []int
 	calls   []string // "upsert KEY" per flow and "delete KEY", in call order
 	log     bool
+
+	gate        chan struct{} // if set, each InjectBatch waits for a value from it
+	inFlight    int           // InjectBatch calls under way
+	maxInFlight int
 }
 
 func newBatchTable() *batchTable { return &batchTable{fakeTable: newFakeTable()} }
 
 func (bt *batchTable) InjectBatch(flows []Flow) []error {
 	bt.mu.Lock()
+	bt.inFlight++
+	bt.maxInFlight = max(bt.maxInFlight, bt.inFlight)
 	bt.batches = append(bt.batches, len(flows))
+	gate := bt.gate
+	bt.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	defer func() {
+		bt.mu.Lock()
+		bt.inFlight--
+		bt.mu.Unlock()
+	}()
+	bt.mu.Lock()
 	if bt.log {
 		for _, f := range flows {
 			bt.calls = append(bt.calls, fmt.Sprintf("upsert %v/%d", f.Orig.Src, f.Timeout))

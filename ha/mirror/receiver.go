@@ -374,7 +374,14 @@ type link struct {
 	rd    *deadlineReader
 	dec   *decoder
 	sync  syncState
-	batch changeBatch
+
+	// The run of changes being filled is bufs[fill]. A full run is applied by a goroutine
+	// of its own (applying is closed when it is done) while the next fills the other buffer,
+	// so that decoding overlaps the kernel's work: a full sync is as fast as the kernel
+	// takes entries. Runs are applied one at a time, in order.
+	bufs     [2]changeBatch
+	fill     int
+	applying chan struct{}
 
 	synced        bool                   // a full sync has ended on this connection
 	digestSuspect bool                   // the last digest did not match
@@ -388,7 +395,8 @@ type link struct {
 func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
 	l := &link{r: r, c: c, rd: &deadlineReader{c: c, timeout: r.readTimeout}}
 	l.dec = newDecoder(l.rd, bufSize)
-	l.batch.init()
+	l.bufs[0].init()
+	l.bufs[1].init()
 	defer l.stopCheck()
 	// Frames that arrived whole are applied even when the stream then fails.
 	defer l.flush()
@@ -439,20 +447,20 @@ func (l *link) handle(fr *frame) error {
 		if l.sync.active {
 			l.sync.count++
 		}
-		if l.batch.add(&fr.flow) {
+		if l.pending().add(&fr.flow) {
 			r.coalesced.Add(1)
 		}
-		if l.batch.full() {
-			l.flush()
+		if l.pending().full() {
+			l.flushBackground()
 		}
 		return nil
 	case frameDelete:
 		r.deletes.Add(1)
-		if l.batch.addDelete(&fr.flow) {
+		if l.pending().addDelete(&fr.flow) {
 			r.coalesced.Add(1)
 		}
-		if l.batch.full() {
-			l.flush()
+		if l.pending().full() {
+			l.flushBackground()
 		}
 		return nil
 	case frameKeepalive:
@@ -499,8 +507,37 @@ func (l *link) handle(fr *frame) error {
 	return nil
 }
 
-// flush writes the pending run of upserts.
-func (l *link) flush() { l.r.applyBatch(&l.batch) }
+// pending is the run of changes being filled.
+func (l *link) pending() *changeBatch { return &l.bufs[l.fill] }
+
+// flush writes the pending run of changes, after the one being applied in the background:
+// when it returns, every change received so far is applied.
+func (l *link) flush() {
+	l.wait()
+	l.r.applyBatch(l.pending())
+}
+
+// flushBackground starts applying the pending run in a goroutine and switches to the other
+// buffer, once the run before is applied.
+func (l *link) flushBackground() {
+	l.wait()
+	b := l.pending()
+	l.fill ^= 1
+	done := make(chan struct{})
+	l.applying = done
+	go func() {
+		defer close(done)
+		l.r.applyBatch(b)
+	}()
+}
+
+// wait returns once the run handed to the background, if any, is applied.
+func (l *link) wait() {
+	if l.applying != nil {
+		<-l.applying
+		l.applying = nil
+	}
+}
 
 // changeBatch is a run of consecutive upserts and deletes waiting to be written, one per key
 // (the latest). Its keys are distinct, so their order does not matter to the table.
@@ -941,6 +978,7 @@ func (l *link) stopCheck() {
 // finishCheck completes a kernel check whose dump is done: it finds the missing keys, deletes
 // the stray entries, and reports drift.
 func (l *link) finishCheck(res checkResult) error {
+	l.wait() // what it compares is what was received before
 	r, kc := l.r, l.check
 	l.check = nil
 	kc.cancel()
@@ -1043,10 +1081,10 @@ func (l *link) refresh(flows []Flow) {
 	r := l.r
 	l.flush()
 	for i := range flows {
-		if l.batch.add(&flows[i]) {
+		if l.pending().add(&flows[i]) {
 			r.coalesced.Add(1)
 		}
-		if l.batch.full() {
+		if l.pending().full() {
 			l.flush()
 		}
 	}
