@@ -369,11 +369,11 @@ type syncState struct {
 
 // link is one connection's state, owned by its goroutine.
 type link struct {
-	r     *Receiver
-	c     net.Conn
-	rd    *deadlineReader
-	dec   *decoder
-	sync  syncState
+	r    *Receiver
+	c    net.Conn
+	rd   *deadlineReader
+	dec  *decoder
+	sync syncState
 
 	// The run of changes being filled is bufs[fill]. A full run is applied by a goroutine
 	// of its own (applying is closed when it is done) while the next fills the other buffer,
