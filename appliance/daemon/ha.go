@@ -259,16 +259,17 @@ func (r *roleRunner) start(c *config.Config) {
 		case linger < 0:
 			linger = 0
 		}
-		listener.SetLinger(linger)
 		sender := mirror.NewSender(mirror.SenderConfig{
 			Device:         c.Local.Device.Name,
 			Peers:          peers,
 			Snapshot:       d.snapshot,
 			Logger:         d.logger, // the package names its component
 			DigestInterval: d.opts.DigestInterval,
-			// A burst the listener read in one go leaves in one write.
-			Linger: linger / 4,
+			// What the listener read in one go leaves in one write (SetBurstDone below).
+			WakeOnFlush: true,
 		})
+		listener.SetLinger(linger)
+		listener.SetBurstDone(sender.Flush)
 		r.statsMu.Lock()
 		r.sender = sender
 		r.statsMu.Unlock()

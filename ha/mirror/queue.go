@@ -21,8 +21,9 @@ type change struct {
 // at once and writes it without the lock while producers fill the other buffer, so a producer
 // never waits on the network, only (briefly) on the lock.
 type queue struct {
-	max  int
-	wake chan struct{} // capacity 1: signalled when the queue becomes non-empty
+	max       int
+	wake      chan struct{} // capacity 1: signalled when the queue becomes non-empty (see pushWakes)
+	pushWakes bool          // false: only flush signals wake (SenderConfig.WakeOnFlush)
 
 	mu         sync.Mutex
 	items      []change
@@ -31,8 +32,23 @@ type queue struct {
 	spareIndex map[packedKey]int
 }
 
-func newQueue(maxLen int) *queue {
-	return &queue{max: maxLen, wake: make(chan struct{}, 1), index: make(map[packedKey]int)}
+func newQueue(maxLen int, pushWakes bool) *queue {
+	return &queue{max: maxLen, wake: make(chan struct{}, 1), pushWakes: pushWakes, index: make(map[packedKey]int)}
+}
+
+// signal wakes the Sender, unless a wake is already pending.
+func (q *queue) signal() {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flush wakes the Sender if anything is queued.
+func (q *queue) flush() {
+	if q.len() > 0 {
+		q.signal()
+	}
 }
 
 // push queues c, replacing a queued change with the same key in place. When the queue already
@@ -58,9 +74,8 @@ func (q *queue) push(c change) (overflowed bool) {
 	q.index[c.key] = len(q.items)
 	q.items = append(q.items, c)
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
+	if q.pushWakes {
+		q.signal()
 	}
 	return overflowed
 }
@@ -138,10 +153,7 @@ func (q *queue) putBack(rest []change) {
 		q.index[items[i].key] = i
 	}
 	q.items = items
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	q.signal()
 }
 
 // len returns the number of pending changes.

@@ -42,11 +42,12 @@ type SenderConfig struct {
 	// means the default, 10s; a negative value sends no digests. The peer asks for a digest
 	// early when the last one did not match, whatever the interval (but not when disabled).
 	DigestInterval time.Duration
-	// Linger is how long the Sender waits, once woken by a change, before it takes the
-	// queue, when the last batch it took held lingerBatch changes or more (a busy stream):
-	// the changes of a burst then go out in one write rather than a write (and a thread
-	// switch) each. A quiet stream is sent at once. Zero never waits.
-	Linger time.Duration
+	// WakeOnFlush is for a producer that queues changes in bursts (the active's event reader,
+	// a socket read at a time): Upsert and Delete then leave the Sender asleep, and the
+	// producer calls Flush once it has queued a burst, which leaves in one write instead of
+	// its first change waking the Sender to write alone (a thread switch and a write each).
+	// A Sender already awake still takes what is queued; Resync wakes it at once.
+	WakeOnFlush bool
 }
 
 // digestCostRatio bounds the share of time that digests take: the pause before the next is
@@ -131,7 +132,7 @@ func NewSender(cfg SenderConfig) *Sender {
 	return &Sender{
 		cfg:             cfg,
 		log:             log.With("component", "mirror-sender"),
-		q:               newQueue(cfg.MaxQueue),
+		q:               newQueue(cfg.MaxQueue, !cfg.WakeOnFlush),
 		session:         rand.Uint64(),
 		keepalive:       keepaliveInterval,
 		writeTimeout:    writeTimeout,
@@ -177,15 +178,16 @@ func (s *Sender) push(c change) {
 	}
 }
 
+// Flush wakes the Sender if changes are queued: with SenderConfig.WakeOnFlush, the producer
+// calls it at the end of each burst. Safe for concurrent use; never blocks.
+func (s *Sender) Flush() { s.q.flush() }
+
 // Resync forces a full sync on the current connection (or on the next one, which does one
 // anyway); the daemon calls it after a conntrack event overrun. Safe for concurrent use;
 // never blocks.
 func (s *Sender) Resync() {
 	s.resync.Store(true)
-	select {
-	case s.q.wake <- struct{}{}:
-	default:
-	}
+	s.q.signal()
 }
 
 // Stats returns the Sender's counters. Safe for concurrent use.
@@ -334,10 +336,7 @@ func (s *Sender) readBack(conn net.Conn) error {
 			s.digestRequests.Add(1)
 			s.log.Debug("peer asks for an early digest")
 			s.digestReq.Store(true)
-			select {
-			case s.q.wake <- struct{}{}:
-			default:
-			}
+			s.q.signal()
 		default:
 			return fmt.Errorf("%w: peer sent %v", ErrProtocol, fr.typ)
 		}
@@ -362,7 +361,6 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 	s.digestID = 0
 	s.digestReq.Store(false) // a request from an earlier connection is moot: this one syncs
 	synced, digestDue := false, false
-	lastBatch := 0 // changes in the last batch taken from the queue
 	for {
 		if !synced || s.resync.Load() {
 			err := s.fullSync(ctx, enc)
@@ -402,9 +400,6 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			case <-ctx.Done():
 				return context.Cause(ctx)
 			case <-s.q.wake:
-				if s.cfg.Linger > 0 && lastBatch >= lingerBatch && !sleepCtx(ctx, s.cfg.Linger) {
-					return context.Cause(ctx)
-				}
 			case <-digestC:
 				digestDue = true
 			case <-ticker.C:
@@ -414,7 +409,6 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			}
 			continue
 		}
-		lastBatch = len(b.items)
 		err := s.sendBatch(enc, b.items)
 		s.q.release(b)
 		if err != nil {
@@ -425,9 +419,6 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 
 // digestQueueEvery is how many dumped entries a digest reads between two looks at the queue.
 const digestQueueEvery = 128
-
-// lingerBatch is the batch size from which the Sender takes its stream to be busy (Linger).
-const lingerBatch = 8
 
 // sendBatch writes queued changes; on a write error it puts the unwritten ones back.
 func (s *Sender) sendBatch(enc *encoder, items []change) error {

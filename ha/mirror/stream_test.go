@@ -292,7 +292,7 @@ func TestCoalescing(t *testing.T) {
 // that replaces a queued upsert keeps its state, whether it is queued after it or the older one
 // is put back after a failed write.
 func TestQueueKeepsTCPState(t *testing.T) {
-	q := newQueue(100)
+	q := newQueue(100, true)
 	push := func(i int, state uint8) {
 		f := testFlow(i)
 		f.TCPState = state
@@ -322,9 +322,79 @@ func TestQueueKeepsTCPState(t *testing.T) {
 	}
 }
 
+// TestQueueWakes: a queue that wakes on push signals once for a burst; one for WakeOnFlush
+// signals only at flush, and only if something is queued.
+func TestQueueWakes(t *testing.T) {
+	woken := func(q *queue) bool {
+		select {
+		case <-q.wake:
+			return true
+		default:
+			return false
+		}
+	}
+	push := func(q *queue, i int) {
+		f := testFlow(i)
+		fam, _ := flowFamily(&f)
+		q.push(change{op: opUpsert, key: packKey(f.Proto, fam, f.Orig), flow: f})
+	}
+	for _, tc := range []struct {
+		pushWakes       bool
+		afterPush       bool // woken after a burst of pushes
+		afterFlush      bool // woken after the flush that follows
+		afterEmptyFlush bool // woken by a flush of an empty queue
+	}{
+		{pushWakes: true, afterPush: true, afterFlush: true},
+		{pushWakes: false, afterPush: false, afterFlush: true},
+	} {
+		q := newQueue(100, tc.pushWakes)
+		for i := range 10 {
+			push(q, i)
+		}
+		if got := woken(q); got != tc.afterPush {
+			t.Errorf("pushWakes %v: woken after 10 pushes %v, want %v", tc.pushWakes, got, tc.afterPush)
+		}
+		q.flush()
+		if got := woken(q); got != tc.afterFlush {
+			t.Errorf("pushWakes %v: woken after flush %v, want %v", tc.pushWakes, got, tc.afterFlush)
+		}
+		q.release(q.take())
+		q.flush()
+		if got := woken(q); got != tc.afterEmptyFlush {
+			t.Errorf("pushWakes %v: woken by the flush of an empty queue %v, want %v", tc.pushWakes, got, tc.afterEmptyFlush)
+		}
+	}
+}
+
+// TestSenderWakeOnFlush: with WakeOnFlush, a burst of changes goes out once flushed.
+func TestSenderWakeOnFlush(t *testing.T) {
+	checkGoroutines(t)
+	table := newFakeTable()
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	s := NewSender(SenderConfig{
+		Device:        "bigip-a",
+		Peers:         r.Addrs(),
+		Snapshot:      tr.Snapshot,
+		Logger:        testLogger(t),
+		DialTimeout:   time.Second,
+		RetryInterval: 20 * time.Millisecond,
+		WakeOnFlush:   true,
+	})
+	goRun(t, s.Run)
+	waitConverged(t, tr, table, r)
+	for _, f := range flows(10, 100) {
+		tr.upsert(s, f)
+	}
+	tr.delete(s, testFlow(3))
+	s.Flush()
+	waitConverged(t, tr, table, r)
+}
+
 // TestQueueDropsBurstBuffers: the buffers of a burst's batch are not kept for reuse.
 func TestQueueDropsBurstBuffers(t *testing.T) {
-	q := newQueue(1 << 20)
+	q := newQueue(1<<20, true)
 	for i := range maxSpare + 1 {
 		f := testFlow(i)
 		fam, _ := flowFamily(&f)
@@ -340,7 +410,7 @@ func TestQueueDropsBurstBuffers(t *testing.T) {
 // TestQueueOrder: keys go out in the order they were first queued, each with its latest value,
 // and an upsert then delete of a key coalesces to the delete.
 func TestQueueOrder(t *testing.T) {
-	q := newQueue(100)
+	q := newQueue(100, true)
 	push := func(op changeOp, i int, timeout uint32) {
 		f := testFlow(i)
 		f.Timeout = timeout

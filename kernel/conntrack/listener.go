@@ -70,6 +70,8 @@ const (
 type Listener struct {
 	conn   *netlink.Conn
 	linger time.Duration
+	// burstDone, when set, runs at the end of each burst of events (SetBurstDone).
+	burstDone func()
 
 	running   atomic.Bool
 	closed    atomic.Bool
@@ -196,6 +198,17 @@ func (l *Listener) ReadBuffer() (int, error) {
 // before Run.
 func (l *Listener) SetLinger(d time.Duration) { l.linger = d }
 
+// SetBurstDone has Run call fn, on Run's goroutine, at the end of each burst of events: once
+// it has delivered events and then found the socket empty, and every burstMax events of a
+// burst so long that it would otherwise hold the last ones back. A consumer that passes
+// events on in batches (the mirror's sender) so learns where a burst ends without guessing.
+// Call it before Run.
+func (l *Listener) SetBurstDone(fn func()) { l.burstDone = fn }
+
+// burstMax is the number of datagrams after which a long burst counts as done (SetBurstDone):
+// sixteen reads.
+const burstMax = 16 * recvSlots
+
 // lingerBusyRate is the event rate above which a Listener lingers, measured over
 // lingerWindow.
 const (
@@ -240,6 +253,13 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 	var rb recvBatch
 	rb.init()
 	wait, readSinceLinger := true, false
+	inBurst := 0 // datagrams delivered since the last burstDone
+	burstDone := func() {
+		if l.burstDone != nil && inBurst > 0 {
+			l.burstDone()
+		}
+		inBurst = 0
+	}
 	var rate busyMeter
 	for {
 		if ctx.Err() != nil || l.closed.Load() {
@@ -251,6 +271,7 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 		}
 		switch {
 		case errors.Is(err, unix.EAGAIN):
+			burstDone()
 			if l.linger > 0 && readSinceLinger && rate.busy {
 				readSinceLinger = false
 				time.Sleep(l.linger)
@@ -291,6 +312,9 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 					fn(ev)
 				}
 			}
+		}
+		if inBurst += n; inBurst >= burstMax {
+			burstDone()
 		}
 	}
 }

@@ -418,6 +418,60 @@ func TestListenerLinger(t *testing.T) {
 	expectEvents(t, ch, want...)
 }
 
+// TestListenerBurstDone: events already waiting in the socket are one burst, done once they
+// are all delivered; a burst longer than burstMax is also done at every burstMax events.
+func TestListenerBurstDone(t *testing.T) {
+	for _, tc := range []struct {
+		events, calls int
+	}{
+		{300, 1},
+		{burstMax + 100, 2},
+	} {
+		t.Run(fmt.Sprint(tc.events), func(t *testing.T) {
+			ns := natNS(t, "ctlburst")
+			tbl := openTable(t, ns)
+			var l *Listener
+			ns.MustDo(func() (err error) { l, err = NewListener(16 << 20); return err })
+			flows := make([]Flow, tc.events)
+			for i := range flows {
+				flows[i] = mixedFlow(i, 100)
+			}
+			for _, err := range tbl.InjectBatch(flows) {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			var delivered, atLastCall int // Run's goroutine only, until it returns
+			var calls []int
+			ctx, cancel := context.WithCancel(context.Background())
+			l.SetBurstDone(func() {
+				calls = append(calls, delivered)
+				atLastCall = delivered
+				if delivered == tc.events {
+					cancel()
+				}
+			})
+			done := make(chan error, 1)
+			go func() {
+				done <- l.Run(ctx, func(Event) { delivered++ })
+			}()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("Run: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				cancel()
+				<-done
+			}
+			if delivered != tc.events || atLastCall != tc.events || len(calls) != tc.calls {
+				t.Errorf("%d events delivered, burst-done calls after %v; want %d events and %d calls, the last after all",
+					delivered, calls, tc.events, tc.calls)
+			}
+		})
+	}
+}
+
 // FuzzNextMessage: the splitter of received datagrams never panics, and every message it
 // returns lies within the input, its header's length covering it.
 func FuzzNextMessage(f *testing.F) {
