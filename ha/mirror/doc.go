@@ -56,6 +56,10 @@
 //
 // # Batching
 //
+// A producer that queues changes in bursts sets SenderConfig.WakeOnFlush and calls Flush at
+// the end of each (the daemon's event reader does, once per burst it reads from its socket):
+// the burst then leaves in one write, without the Sender waking at its first change.
+//
 // The Receiver writes runs of consecutive FlowUpserts (up to 256, one per key, the latest) with
 // one BatchWriter.InjectBatch call when its Table has it. A run ends when no whole frame is left
 // in the read buffer (so nothing waits on the network) or at any other frame than a Keepalive:
