@@ -34,14 +34,18 @@ func startReceiver(t testing.TB, r *Receiver) (stop func() error) {
 }
 
 func newTestSender(t testing.TB, tr *truth, peers ...netip.AddrPort) *Sender {
-	return NewSender(SenderConfig{
+	return NewSender(testSenderConfig(t, tr, peers...))
+}
+
+func testSenderConfig(t testing.TB, tr *truth, peers ...netip.AddrPort) SenderConfig {
+	return SenderConfig{
 		Device:        "bigip-a",
 		Peers:         peers,
 		Snapshot:      tr.Snapshot,
 		Logger:        testLogger(t),
 		DialTimeout:   time.Second,
 		RetryInterval: 20 * time.Millisecond,
-	})
+	}
 }
 
 func newTestReceiver(t testing.TB, table FlowWriter, listen ...netip.AddrPort) *Receiver {
@@ -373,15 +377,9 @@ func TestSenderWakeOnFlush(t *testing.T) {
 	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
 	startReceiver(t, r)
 	tr := newTruth(flows(0, 10)...)
-	s := NewSender(SenderConfig{
-		Device:        "bigip-a",
-		Peers:         r.Addrs(),
-		Snapshot:      tr.Snapshot,
-		Logger:        testLogger(t),
-		DialTimeout:   time.Second,
-		RetryInterval: 20 * time.Millisecond,
-		WakeOnFlush:   true,
-	})
+	cfg := testSenderConfig(t, tr, r.Addrs()...)
+	cfg.WakeOnFlush = true
+	s := NewSender(cfg)
 	goRun(t, s.Run)
 	waitConverged(t, tr, table, r)
 	for _, f := range flows(10, 100) {
