@@ -31,8 +31,11 @@ type SenderConfig struct {
 	Snapshot func(ctx context.Context, fn func(Flow) error) error
 	// Logger receives the Sender's logs; nil discards them.
 	Logger *slog.Logger
-	// DialTimeout bounds one connection attempt (default 1s); RetryInterval is the pause after
-	// every peer has failed, and after a connection is lost (default 500ms).
+	// DialTimeout bounds one connection attempt (default 1s). RetryInterval is the longest
+	// pause between attempts (default 500ms): after a connection is lost, or every peer has
+	// failed, the Sender tries again after firstRetry and doubles the pause up to it, so that
+	// a peer that restarts (the standby's daemon) is reached as soon as it listens. A
+	// connection that completes a full sync starts the count again.
 	DialTimeout, RetryInterval time.Duration
 	// MaxQueue is the number of distinct pending flows beyond which the queue overflows: it is
 	// dropped and a full sync is forced (default 1<<20).
@@ -242,13 +245,15 @@ func (s *Sender) Run(ctx context.Context) error {
 	if len(s.cfg.Device) > maxDeviceLen {
 		return fmt.Errorf("mirror sender: device name longer than %d bytes", maxDeviceLen)
 	}
+	failures := 0 // attempts, and connections that did not complete a full sync, in a row
 	for {
-		conn, peer, ok := s.dial(ctx)
+		conn, peer, ok := s.dial(ctx, &failures)
 		if !ok {
 			return nil
 		}
 		s.setConnected(peer)
 		s.log.Info("mirror peer connected", "peer", peer)
+		syncs := s.syncs.Load()
 		err := s.serve(ctx, conn)
 		if ctx.Err() != nil {
 			s.setDisconnected(nil)
@@ -256,14 +261,29 @@ func (s *Sender) Run(ctx context.Context) error {
 		}
 		s.setDisconnected(err)
 		s.log.Warn("mirror connection lost", "peer", peer, slog.Any("err", err))
-		if !sleepCtx(ctx, s.cfg.RetryInterval) {
+		if s.syncs.Load() != syncs {
+			failures = 0
+		}
+		if !sleepCtx(ctx, s.retryPause(&failures)) {
 			return nil
 		}
 	}
 }
 
-// dial tries every peer in order until one answers; ok is false when ctx has ended.
-func (s *Sender) dial(ctx context.Context) (conn net.Conn, peer netip.AddrPort, ok bool) {
+// firstRetry is the pause before the first attempt after a failure (see RetryInterval).
+const firstRetry = 20 * time.Millisecond
+
+// retryPause returns the pause before the next attempt after *failures failures in a row, and
+// counts one more.
+func (s *Sender) retryPause(failures *int) time.Duration {
+	d := min(firstRetry<<min(*failures, 16), s.cfg.RetryInterval)
+	*failures++
+	return d
+}
+
+// dial tries every peer in order until one answers, pausing after each failed round as
+// retryPause says; ok is false when ctx has ended.
+func (s *Sender) dial(ctx context.Context, failures *int) (conn net.Conn, peer netip.AddrPort, ok bool) {
 	d := net.Dialer{Timeout: s.cfg.DialTimeout, KeepAliveConfig: tcpKeepAlive(), Control: setUserTimeout}
 	for attempt := 0; ; attempt++ {
 		for _, p := range s.cfg.Peers {
@@ -282,7 +302,7 @@ func (s *Sender) dial(ctx context.Context) (conn net.Conn, peer netip.AddrPort, 
 			}
 			s.log.Log(ctx, lvl, "cannot reach mirror peer", "peer", p, slog.Any("err", err))
 		}
-		if !sleepCtx(ctx, s.cfg.RetryInterval) {
+		if !sleepCtx(ctx, s.retryPause(failures)) {
 			return nil, netip.AddrPort{}, false
 		}
 	}

@@ -176,6 +176,48 @@ func TestReceiverRestart(t *testing.T) {
 	}
 }
 
+// TestReconnectSoonAfterRestart: a receiver that comes back 100ms after going away is
+// reached again long before RetryInterval, the pause only growing towards it.
+func TestReconnectSoonAfterRestart(t *testing.T) {
+	checkGoroutines(t)
+	table := newFakeTable()
+	addr := freePort(t, "127.0.0.1")
+	r := newTestReceiver(t, table, addr)
+	stopReceiver := startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	cfg := testSenderConfig(t, tr, addr)
+	cfg.RetryInterval = time.Minute
+	s := NewSender(cfg)
+	goRun(t, s.Run)
+	waitConverged(t, tr, table, r)
+
+	if err := stopReceiver(); err != nil {
+		t.Fatalf("receiver run: %v", err)
+	}
+	waitFor(t, testTimeout, func() bool { return !s.Stats().Connected },
+		func() string { return "sender did not notice the receiver going" })
+	time.Sleep(100 * time.Millisecond)
+	startReceiver(t, r)
+	waitFor(t, 10*time.Second, func() bool { return s.Stats().Syncs == 2 },
+		func() string { return fmt.Sprintf("sender not back within 10s (RetryInterval 1m): %+v", s.Stats()) })
+}
+
+// TestRetryPause: the pause doubles from firstRetry up to RetryInterval.
+func TestRetryPause(t *testing.T) {
+	s := NewSender(SenderConfig{RetryInterval: 500 * time.Millisecond})
+	want := []time.Duration{20, 40, 80, 160, 320, 500, 500}
+	failures := 0
+	for i, w := range want {
+		if got := s.retryPause(&failures); got != w*time.Millisecond {
+			t.Errorf("pause %d: %v, want %v", i, got, w*time.Millisecond)
+		}
+	}
+	failures = 1000 // no overflow of the shift
+	if got := s.retryPause(&failures); got != 500*time.Millisecond {
+		t.Errorf("pause after 1000 failures: %v, want 500ms", got)
+	}
+}
+
 // TestPeerFallback: the first peer address refuses, the second (mirror-secondary-ip) works.
 func TestPeerFallback(t *testing.T) {
 	checkGoroutines(t)
