@@ -35,7 +35,7 @@ type SenderConfig struct {
 	// pause between attempts (default 500ms): after a connection is lost, or every peer has
 	// failed, the Sender tries again after firstRetry and doubles the pause up to it, so that
 	// a peer that restarts (the standby's daemon) is reached as soon as it listens. A
-	// connection that completes a full sync starts the count again.
+	// connection that lasted RetryInterval starts the doubling again.
 	DialTimeout, RetryInterval time.Duration
 	// MaxQueue is the number of distinct pending flows beyond which the queue overflows: it is
 	// dropped and a full sync is forced (default 1<<20).
@@ -245,7 +245,7 @@ func (s *Sender) Run(ctx context.Context) error {
 	if len(s.cfg.Device) > maxDeviceLen {
 		return fmt.Errorf("mirror sender: device name longer than %d bytes", maxDeviceLen)
 	}
-	failures := 0 // attempts, and connections that did not complete a full sync, in a row
+	failures := 0 // failed attempts, and connections shorter than RetryInterval, in a row
 	for {
 		conn, peer, ok := s.dial(ctx, &failures)
 		if !ok {
@@ -253,7 +253,7 @@ func (s *Sender) Run(ctx context.Context) error {
 		}
 		s.setConnected(peer)
 		s.log.Info("mirror peer connected", "peer", peer)
-		syncs := s.syncs.Load()
+		connected := time.Now()
 		err := s.serve(ctx, conn)
 		if ctx.Err() != nil {
 			s.setDisconnected(nil)
@@ -261,8 +261,8 @@ func (s *Sender) Run(ctx context.Context) error {
 		}
 		s.setDisconnected(err)
 		s.log.Warn("mirror connection lost", "peer", peer, slog.Any("err", err))
-		if s.syncs.Load() != syncs {
-			failures = 0
+		if time.Since(connected) >= s.cfg.RetryInterval {
+			failures = 0 // a peer that drops each connection at once is not redialled faster than that
 		}
 		if !sleepCtx(ctx, s.retryPause(&failures)) {
 			return nil
