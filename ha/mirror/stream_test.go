@@ -131,18 +131,21 @@ func TestStreamConverges(t *testing.T) {
 	}
 }
 
-// TestReceiverRestart: when the receiver goes away and comes back on the same address, the
-// sender reconnects and syncs in full, and the receiver deletes what it held that the new sync
-// did not carry.
-func TestReceiverRestart(t *testing.T) {
-	checkGoroutines(t)
+// pairWithStoppedReceiver connects a sender (its test config changed by adjust, if not nil)
+// to a receiver, syncs n flows, then stops the receiver and waits until the sender has
+// noticed; startReceiver(t, r) brings the receiver back on the same address.
+func pairWithStoppedReceiver(t *testing.T, n int, adjust func(*SenderConfig)) (*truth, *fakeTable, *Receiver, *Sender) {
+	t.Helper()
 	table := newFakeTable()
 	addr := freePort(t, "127.0.0.1")
 	r := newTestReceiver(t, table, addr)
 	stopReceiver := startReceiver(t, r)
-
-	tr := newTruth(flows(0, 1000)...)
-	s := newTestSender(t, tr, addr)
+	tr := newTruth(flows(0, n)...)
+	cfg := testSenderConfig(t, tr, addr)
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	s := NewSender(cfg)
 	goRun(t, s.Run)
 	waitConverged(t, tr, table, r)
 
@@ -151,6 +154,15 @@ func TestReceiverRestart(t *testing.T) {
 	}
 	waitFor(t, testTimeout, func() bool { return !s.Stats().Connected },
 		func() string { return "sender did not notice the receiver going" })
+	return tr, table, r, s
+}
+
+// TestReceiverRestart: when the receiver goes away and comes back on the same address, the
+// sender reconnects and syncs in full, and the receiver deletes what it held that the new sync
+// did not carry.
+func TestReceiverRestart(t *testing.T) {
+	checkGoroutines(t)
+	tr, table, r, s := pairWithStoppedReceiver(t, 1000, nil)
 
 	// While the stream is down: 100 flows end without their events reaching the sender (the
 	// receiver holds them: stale), 50 appear, and 10 change through the queue.
@@ -180,22 +192,7 @@ func TestReceiverRestart(t *testing.T) {
 // reached again long before RetryInterval, the pause only growing towards it.
 func TestReconnectSoonAfterRestart(t *testing.T) {
 	checkGoroutines(t)
-	table := newFakeTable()
-	addr := freePort(t, "127.0.0.1")
-	r := newTestReceiver(t, table, addr)
-	stopReceiver := startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	cfg := testSenderConfig(t, tr, addr)
-	cfg.RetryInterval = time.Minute
-	s := NewSender(cfg)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
-
-	if err := stopReceiver(); err != nil {
-		t.Fatalf("receiver run: %v", err)
-	}
-	waitFor(t, testTimeout, func() bool { return !s.Stats().Connected },
-		func() string { return "sender did not notice the receiver going" })
+	_, _, r, s := pairWithStoppedReceiver(t, 10, func(c *SenderConfig) { c.RetryInterval = time.Minute })
 	time.Sleep(100 * time.Millisecond)
 	startReceiver(t, r)
 	waitFor(t, 10*time.Second, func() bool { return s.Stats().Syncs == 2 },
