@@ -455,3 +455,46 @@ func TestInjectBatchConcurrent(t *testing.T) {
 		checkFlow(t, f, mustGet(t, tbl, f))
 	}
 }
+
+// TestDumpAbandoned proves that a dump stopped early returns without reading the rest of
+// the kernel's answer (a million entries take seconds), and that the socket is still in
+// step for the next request, which skips that rest.
+func TestDumpAbandoned(t *testing.T) {
+	ns := natNS(t, "ctabn")
+	tbl := openTable(t, ns)
+	const n = 3000 // about 30 datagrams of a dump
+	flows := injectMixed(t, tbl, n)
+
+	stop := errors.New("stop")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		fn   func(int) error
+		want error
+	}{
+		{"callback error", context.Background(), func(int) error { return stop }, stop},
+		{"cancelled", ctx, func(int) error { cancel(); return nil }, context.Canceled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seen := 0
+			err := tbl.Dump(tc.ctx, func(Flow) error { seen++; return tc.fn(seen) })
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Dump = %v, want %v", err, tc.want)
+			}
+			if tbl.dq.unfinished == 0 {
+				t.Errorf("the dump was read to its end after %d entries (want it left to the next request)", seen)
+			}
+			if got := dumpAll(t, tbl); len(got) != n {
+				t.Errorf("next dump: %d entries, want %d", len(got), n)
+			}
+			if tbl.dq.unfinished != 0 {
+				t.Errorf("the next dump left answer %d unfinished", tbl.dq.unfinished)
+			}
+			if _, ok, err := tbl.Get(flows[0].Proto, flows[0].Orig); err != nil || !ok {
+				t.Errorf("Get after the dumps: ok=%v err=%v", ok, err)
+			}
+		})
+	}
+}

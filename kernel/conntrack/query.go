@@ -29,8 +29,7 @@ const (
 	sockRecvBuf = 4 << 20
 )
 
-// errStop is returned by a query callback to stop delivery; the rest of the answer is
-// still read, so that the socket stays in step.
+// errStop is returned by a query callback to stop delivery (see querier.query).
 var errStop = errors.New("stop")
 
 // querier sends ctnetlink requests and reads their answers itself.
@@ -53,6 +52,10 @@ type querier struct {
 
 	recvTimeout time.Duration // recvTimeout; tests shorten it
 	deadline    bool          // a read deadline is set on conn
+
+	// unfinished is the sequence number of an answer that query abandoned before its end
+	// (0 if none): the next request reads the rest first, so that the socket is in step.
+	unfinished uint32
 
 	// The state of send and receive, so that they allocate nothing.
 	out             []byte
@@ -119,12 +122,16 @@ func (q *querier) reserve(n int) uint32 {
 	return first
 }
 
-// query sends req and calls each for every message of the answer until it ends; an error
-// from each stops the calls (and is returned) but not the reading. An NLMSG_ERROR answer
-// is returned as its unix.Errno. The Data each gets is valid only during the call.
+// query sends req and calls each for every message of the answer until it ends. An error
+// from each is returned once the datagram in hand is read; the rest of the answer is left
+// for the next request to skip. An NLMSG_ERROR answer is returned as its unix.Errno. The
+// Data each gets is valid only during the call.
 func (q *querier) query(req netlink.Message, each func(netlink.Message) error) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if err := q.finish(); err != nil {
+		return err
+	}
 	seq := q.next()
 	var h [nlmsgHeaderLen]byte
 	ne := binary.NativeEndian
@@ -172,7 +179,34 @@ func (q *querier) query(req netlink.Message, each func(netlink.Message) error) e
 			}
 			return eachErr
 		}
+		if eachErr != nil {
+			// The caller is done with the answer: leave the rest (the rest of a dump of a
+			// million entries takes seconds) to the next request, which is none when the
+			// socket is closed next, as after a cancelled snapshot.
+			q.unfinished = seq
+			return eachErr
+		}
 	}
+}
+
+// finish reads the rest of an answer that query abandoned, if any; with q.mu held.
+func (q *querier) finish() error {
+	for q.unfinished != 0 {
+		n, err := q.receive(true)
+		if err != nil {
+			return fmt.Errorf("the rest of an abandoned answer: %w", err)
+		}
+		err = forEachMessage(q.buf[:n], func(m netlink.Message) error {
+			if m.Header.Sequence == q.unfinished && (m.Header.Type == netlink.Error || m.Header.Type == netlink.Done) {
+				q.unfinished = 0
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("the rest of an abandoned answer: %w", err)
+		}
+	}
+	return nil
 }
 
 // messageErrno returns the errno of an NLMSG_ERROR or NLMSG_DONE payload (0 for an
@@ -306,8 +340,12 @@ func parseMessages(b []byte) ([]netlink.Message, error) {
 // final has been answered (the index of the last message with NLM_F_ACK, or -1 to read
 // until the queue is empty) and returns lost=true when the kernel reported dropped
 // answers (ENOBUFS): then any request without an answer may or may not have been done.
+// With q.mu held.
 func (q *querier) exchange(b []byte, first uint32, n, final int,
 	answer func(i int, typ netlink.HeaderType, data []byte)) (lost bool, err error) {
+	if err := q.finish(); err != nil {
+		return false, err
+	}
 	if err := q.send(b); err != nil {
 		return false, err
 	}
