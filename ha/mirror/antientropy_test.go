@@ -485,3 +485,30 @@ func TestDigestIntervalFollowsCost(t *testing.T) {
 		t.Errorf("%d digests sent in 2s, want 2 or 3 (dumps: %d)", n, dumps.Load())
 	}
 }
+
+// TestNoDigestRightAfterFullSync proves that a digest that fell due during a full sync
+// waits an interval after it: the peer has just been sent everything, and a digest would
+// only dump the table again (seconds for a million entries).
+func TestNoDigestRightAfterFullSync(t *testing.T) {
+	checkGoroutines(t)
+	r := NewReceiver(ReceiverConfig{Listen: []netip.AddrPort{freePort(t, "127.0.0.1")}, Table: newBatchTable(), Logger: testLogger(t)})
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	var dumps atomic.Int32
+	const interval = time.Second
+	snapshot := func(ctx context.Context, fn func(Flow) error) error {
+		if dumps.Add(1) == 1 {
+			time.Sleep(interval + interval/5) // the full sync outlasts the digest interval
+		}
+		return tr.Snapshot(ctx, fn)
+	}
+	s := NewSender(SenderConfig{Peers: r.Addrs(), Snapshot: snapshot, Logger: testLogger(t), DigestInterval: interval})
+	s.digestSettle = 0
+	goRun(t, s.Run)
+	waitFor(t, 10*time.Second, func() bool { return s.Stats().Syncs == 1 }, func() string { return "no full sync" })
+	time.Sleep(interval / 4)
+	if st := s.Stats(); st.DigestsSent != 0 {
+		t.Errorf("%d digests within %v of the full sync, want none before the interval", st.DigestsSent, interval/4)
+	}
+	waitFor(t, 10*time.Second, func() bool { return s.Stats().DigestsSent > 0 }, func() string { return "no digest after the full sync" })
+}

@@ -391,6 +391,12 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 				return err
 			}
 			synced = true
+			// The peer has just been sent the whole table: a digest now would only dump it
+			// again (seconds of the kernel's time for a million entries) and find nothing.
+			if digestTimer != nil {
+				digestTimer.Reset(s.cfg.DigestInterval)
+				digestDue = false
+			}
 		}
 		// A busy queue must not starve the digest, so look at its timer on every round.
 		select {
