@@ -41,6 +41,9 @@ func (d *Daemon) failoverConfig(c *config.Config) failover.Config {
 		Device:  c.Local.Device.Name,
 		Timeout: c.NetTimeout(),
 		Payload: func() []byte { return d.sharedDigest().payload },
+		// A restarted standby listens for the mirror stream by the time its heartbeats
+		// come: mirror to it now, not after the sender's next retry pause.
+		PeerHeard: d.roles.redial,
 
 		PacerProcess: d.opts.PacerProcess,
 	}
@@ -204,6 +207,15 @@ func (r *roleRunner) resync() {
 	defer r.statsMu.Unlock()
 	if r.sender != nil {
 		r.sender.Resync()
+	}
+}
+
+// redial makes the running sender, if any, dial its peer at once.
+func (r *roleRunner) redial() {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	if r.sender != nil {
+		r.sender.Redial()
 	}
 }
 

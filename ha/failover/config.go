@@ -51,6 +51,11 @@ type Config struct {
 	// heartbeat round and must return quickly; the machine does not keep or modify the slice
 	// after the call.
 	Payload func() []byte
+	// PeerHeard, if set, is called from Run's goroutine when the peer is heard after not
+	// being heard: its first heartbeat, the first after a silence of Timeout, and the
+	// first from a restarted peer (a new boot id). It must return quickly. The daemon
+	// redials the mirror stream then: a restarted peer already listens for it.
+	PeerHeard func()
 }
 
 // withDefaults returns c with its zero fields defaulted and its slices copied.

@@ -326,7 +326,8 @@ func (l *loop) onDatagram(ev event, now time.Time) {
 	}
 	p := &l.peer
 	since := p.heardSince
-	if p.name != hb.Name || p.bootID != hb.BootID || now.Sub(p.lastHeard) >= l.cfg.Timeout {
+	fresh := p.name != hb.Name || p.bootID != hb.BootID || now.Sub(p.lastHeard) >= l.cfg.Timeout
+	if fresh {
 		since = now
 	}
 	switch {
@@ -343,6 +344,9 @@ func (l *loop) onDatagram(ev event, now time.Time) {
 	*p = peerInfo{name: hb.Name, addr: from, bootID: hb.BootID, seq: hb.Seq, state: hb.State,
 		yielding: hb.Yield, lastHeard: now, heardSince: since, payload: hb.Payload}
 	l.received++
+	if fresh && l.cfg.PeerHeard != nil {
+		l.cfg.PeerHeard()
+	}
 	if hb.State == StateActive && l.yielding {
 		l.yielding = false
 		l.logger.Info("peer is active; no longer yielding", "peer", hb.Name)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -481,4 +482,45 @@ func TestNewAndRunErrors(t *testing.T) {
 		t.Errorf("second Run = %v", err)
 	}
 	stop()
+}
+
+// TestMachinePeerHeard proves that Config.PeerHeard is called when the peer is heard after
+// not being heard (its first heartbeat, after a silence of Timeout, after a restart) and
+// not for the heartbeats in between.
+func TestMachinePeerHeard(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	var heard atomic.Int32
+	h := newHarnessWith(t, "lb2", "lb1", timeout, &recorder{}, func(m *Machine) {
+		m.cfg.PeerHeard = func() { heard.Add(1) }
+	})
+	h.expect(StateStandby, "starting")
+	steps := []struct {
+		what string
+		do   func()
+		want int32
+	}{
+		{"first heartbeat", func() { h.send(StateActive, false, 0) }, 1},
+		{"the next ones", func() {
+			for range 3 {
+				h.clk.Advance(timeout / 3)
+				h.send(StateActive, false, 0)
+			}
+		}, 1},
+		{"a heartbeat after a silence of Timeout", func() {
+			h.clk.Advance(timeout)
+			h.send(StateActive, false, 0)
+		}, 2},
+		{"the restarted peer's first", func() {
+			h.bootID++
+			h.seq = 0
+			h.send(StateActive, false, 0)
+		}, 3},
+		{"its next", func() { h.send(StateActive, false, 0) }, 3},
+	}
+	for _, st := range steps {
+		st.do()
+		if got := heard.Load(); got != st.want {
+			t.Fatalf("after %s: PeerHeard called %d times, want %d", st.what, got, st.want)
+		}
+	}
 }

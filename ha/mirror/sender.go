@@ -94,9 +94,10 @@ type Sender struct {
 	digestCostRatio         int           // see the constant; tests that race digests set 0
 	lastDigestTook          time.Duration // the last digest's snapshot and send, for its interval
 
-	resync    atomic.Bool // a full sync is due on the current connection
-	digestReq atomic.Bool // the peer asked for an early digest
-	syncID    uint32      // owned by Run's goroutine
+	resync    atomic.Bool   // a full sync is due on the current connection
+	digestReq atomic.Bool   // the peer asked for an early digest
+	redial    chan struct{} // Redial's wake-up, one at most
+	syncID    uint32        // owned by Run's goroutine
 
 	// Owned by Run's goroutine: the digest's working memory, kept between digests.
 	digestID uint32                  // per connection
@@ -142,6 +143,7 @@ func NewSender(cfg SenderConfig) *Sender {
 		digestSettle:    digestSettle,
 		digestCostRatio: digestCostRatio,
 		window:          make(map[uint64]windowChange),
+		redial:          make(chan struct{}, 1),
 	}
 }
 
@@ -264,10 +266,36 @@ func (s *Sender) Run(ctx context.Context) error {
 		if time.Since(connected) >= s.cfg.RetryInterval {
 			failures = 0 // a peer that drops each connection at once is not redialled faster than that
 		}
-		if !sleepCtx(ctx, s.retryPause(&failures)) {
+		if !s.pause(ctx, &failures) {
 			return nil
 		}
 	}
+}
+
+// Redial makes a Sender that waits between connection attempts dial at once, and as
+// soon as it can after a failed attempt. The daemon calls it when it hears the peer
+// again: a restarted standby listens for the stream by the time it sends heartbeats. A
+// call while connected is kept for the pause after the connection ends.
+func (s *Sender) Redial() {
+	select {
+	case s.redial <- struct{}{}:
+	default:
+	}
+}
+
+// pause waits retryPause's time before the next attempt, or until Redial; false when
+// ctx has ended.
+func (s *Sender) pause(ctx context.Context, failures *int) bool {
+	t := time.NewTimer(s.retryPause(failures))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+	case <-s.redial:
+		*failures = 0
+	}
+	return true
 }
 
 // firstRetry is the pause before the first attempt after a failure (see RetryInterval).
@@ -302,7 +330,7 @@ func (s *Sender) dial(ctx context.Context, failures *int) (conn net.Conn, peer n
 			}
 			s.log.Log(ctx, lvl, "cannot reach mirror peer", "peer", p, slog.Any("err", err))
 		}
-		if !sleepCtx(ctx, s.retryPause(failures)) {
+		if !s.pause(ctx, failures) {
 			return nil, netip.AddrPort{}, false
 		}
 	}

@@ -215,6 +215,31 @@ func TestRetryPause(t *testing.T) {
 	}
 }
 
+// TestRedial: Redial ends a retry pause at once, and restarts the doubling; one made while
+// no pause runs ends the next.
+func TestRedial(t *testing.T) {
+	s := NewSender(SenderConfig{RetryInterval: time.Minute})
+	for _, early := range []bool{false, true} {
+		if early {
+			s.Redial()
+		}
+		failures := 20 // a pause of RetryInterval
+		done := make(chan bool)
+		go func() { done <- s.pause(context.Background(), &failures) }()
+		if !early {
+			s.Redial()
+		}
+		select {
+		case ok := <-done:
+			if !ok || failures != 0 {
+				t.Errorf("early=%v: pause = %v with failures %d, want true and 0", early, ok, failures)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("early=%v: a pause of %v not ended by Redial within 10s", early, time.Minute)
+		}
+	}
+}
+
 // TestPeerFallback: the first peer address refuses, the second (mirror-secondary-ip) works.
 func TestPeerFallback(t *testing.T) {
 	checkGoroutines(t)
