@@ -3,11 +3,9 @@ package mirror
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 
@@ -387,29 +385,5 @@ func TestHeldSet(t *testing.T) {
 		if got, ok := h.get(&k); !ok || got != want {
 			t.Errorf("family %d: entry %+v read back as %+v (ok %v)", fam, want, got, ok)
 		}
-	}
-}
-
-// BenchmarkHeldSetMemory reports the heap that the standby's set of held IPv4 keys takes per
-// entry at sizes around a million (the bench's figure is the whole daemon's RSS).
-func BenchmarkHeldSetMemory(b *testing.B) {
-	for _, n := range []int{700_000, 1_000_000, 1_500_000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			for range b.N {
-				var before, after runtime.MemStats
-				runtime.GC()
-				runtime.ReadMemStats(&before)
-				h := newHeldSet()
-				for i := range n {
-					f := testFlow(2 * i) // IPv4
-					k := packKey(f.Proto, familyV4, f.Orig)
-					h.set(&k, heldEntry{hash: uint64(i)})
-				}
-				runtime.GC()
-				runtime.ReadMemStats(&after)
-				b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(n), "B/entry")
-				runtime.KeepAlive(h)
-			}
-		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
@@ -36,11 +37,21 @@ func main() {
 		}
 		return
 	}
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(gcPercent)
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "applianced:", err)
 		os.Exit(1)
 	}
 }
+
+// gcPercent is the daemon's GOGC unless the environment sets one. Most of a standby's heap
+// is its set of mirrored entries, in pointer-free maps that a collection does not scan: at
+// 25% growth instead of Go's 100% a collection comes every few seconds under churn and costs
+// a few milliseconds of CPU, and the resident memory stays near the live set. Measured in the
+// lab with a million entries and 10k new flows/s: 106-112 MB instead of 147 MB.
+const gcPercent = 25
 
 func run() error {
 	name := flag.String("name", "", "this device's name (cm device), such as lb1")
