@@ -430,12 +430,18 @@ func measureSync(ctx context.Context, sys System, p Plan, res *Results, logf log
 		logf("%s: %v", name, err)
 		return
 	}
-	// Start from empty tables; the RSS of the idle pair is the baseline for per-entry memory.
+	// Start from empty tables; the RSS of the idle pair is the baseline for per-entry memory,
+	// the standby's taken on a fresh daemon like those the runs restart.
 	if err := emptyTables(ctx, active, standby); err != nil {
 		logf("%s: %v", name, err)
 		return
 	}
+	if err := restartStandby(ctx, sys, standby); err != nil {
+		logf("%s: %v", name, err)
+		return
+	}
 	baseA, baseS := rssSum(sys.DaemonPIDs(active)), rssSum(sys.DaemonPIDs(standby))
+	logf("%s: idle RSS, the baseline of per-entry memory: active %.1f MB, standby %.1f MB (fresh)", name, baseA/1e6, baseS/1e6)
 	have := 0
 	for i, n := range p.SyncN {
 		if ctx.Err() != nil {

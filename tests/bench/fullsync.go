@@ -133,6 +133,26 @@ func FullSyncOurs(ctx context.Context, o *Ours, n int) (FullSyncRun, error) {
 	return r, nil
 }
 
+// restartStandby restarts the standby's mirroring daemon (applianced | conntrackd) and waits
+// for the pair: each full-sync run measures such a fresh process, so the idle baseline of
+// the per-entry memory must be one too, not a daemon that earlier sections made grow.
+func restartStandby(ctx context.Context, sys System, standby *labnet.Device) error {
+	switch s := sys.(type) {
+	case *Ours:
+		s.StopDaemon(standby)
+		if err := s.StartDaemon(standby); err != nil {
+			return err
+		}
+	case *Theirs:
+		s.StopConntrackd(standby)
+		if err := s.StartConntrackd(ctx, standby); err != nil {
+			return err
+		}
+	}
+	_, _, err := sys.Pair(ctx)
+	return err
+}
+
 // FullSyncTheirs measures conntrackd: the backup's conntrackd is stopped and its kernel
 // table emptied; it is started again (StartupResync asks the primary for its internal
 // cache) and then committed with `conntrackd -c`, as a takeover would.
