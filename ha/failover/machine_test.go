@@ -494,6 +494,7 @@ func TestMachinePeerHeard(t *testing.T) {
 		m.cfg.PeerHeard = func() { heard.Add(1) }
 	})
 	h.expect(StateStandby, "starting")
+	h.waitBound()
 	steps := []struct {
 		what string
 		do   func()
