@@ -465,19 +465,9 @@ func TestKernelCheckRefreshes(t *testing.T) {
 // never take more than a twentieth of the active's time.
 func TestDigestIntervalFollowsCost(t *testing.T) {
 	checkGoroutines(t)
-	r := NewReceiver(ReceiverConfig{Listen: []netip.AddrPort{freePort(t, "127.0.0.1")}, Table: newBatchTable(), Logger: testLogger(t)})
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	var dumps atomic.Int32
-	slow := func(ctx context.Context, fn func(Flow) error) error {
-		dumps.Add(1)
-		time.Sleep(40 * time.Millisecond) // each dump, full syncs' and digests', takes 40ms
-		return tr.Snapshot(ctx, fn)
-	}
-	s := NewSender(SenderConfig{Peers: r.Addrs(), Snapshot: slow, Logger: testLogger(t),
-		RetryInterval: 20 * time.Millisecond, DigestInterval: 50 * time.Millisecond})
-	s.digestSettle = 0
-	goRun(t, s.Run)
+	// Each dump, full syncs' and digests', takes 40ms.
+	s, dumps := senderWithSlowDumps(t, SenderConfig{RetryInterval: 20 * time.Millisecond, DigestInterval: 50 * time.Millisecond},
+		func(int32) time.Duration { return 40 * time.Millisecond })
 	time.Sleep(2 * time.Second)
 	// One sync, then digests at 50ms and at least 20×40ms apart: 2 or 3 in 2s, where the
 	// interval alone would have given some 20.
@@ -486,25 +476,38 @@ func TestDigestIntervalFollowsCost(t *testing.T) {
 	}
 }
 
+// senderWithSlowDumps runs a sender of 10 flows, configured by cfg, to a receiver; its n-th
+// snapshot (counting from 1, full syncs and digests alike) sleeps delay(n) first. It returns
+// the sender and the count of snapshots taken.
+func senderWithSlowDumps(t *testing.T, cfg SenderConfig, delay func(n int32) time.Duration) (*Sender, *atomic.Int32) {
+	t.Helper()
+	r := NewReceiver(ReceiverConfig{Listen: []netip.AddrPort{freePort(t, "127.0.0.1")}, Table: newBatchTable(), Logger: testLogger(t)})
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	dumps := new(atomic.Int32)
+	cfg.Peers, cfg.Logger = r.Addrs(), testLogger(t)
+	cfg.Snapshot = func(ctx context.Context, fn func(Flow) error) error {
+		time.Sleep(delay(dumps.Add(1)))
+		return tr.Snapshot(ctx, fn)
+	}
+	s := NewSender(cfg)
+	s.digestSettle = 0
+	goRun(t, s.Run)
+	return s, dumps
+}
+
 // TestNoDigestRightAfterFullSync proves that a digest that fell due during a full sync
 // waits an interval after it: the peer has just been sent everything, and a digest would
 // only dump the table again (seconds for a million entries).
 func TestNoDigestRightAfterFullSync(t *testing.T) {
 	checkGoroutines(t)
-	r := NewReceiver(ReceiverConfig{Listen: []netip.AddrPort{freePort(t, "127.0.0.1")}, Table: newBatchTable(), Logger: testLogger(t)})
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	var dumps atomic.Int32
 	const interval = time.Second
-	snapshot := func(ctx context.Context, fn func(Flow) error) error {
-		if dumps.Add(1) == 1 {
-			time.Sleep(interval + interval/5) // the full sync outlasts the digest interval
+	s, _ := senderWithSlowDumps(t, SenderConfig{DigestInterval: interval}, func(n int32) time.Duration {
+		if n == 1 {
+			return interval + interval/5 // the full sync outlasts the digest interval
 		}
-		return tr.Snapshot(ctx, fn)
-	}
-	s := NewSender(SenderConfig{Peers: r.Addrs(), Snapshot: snapshot, Logger: testLogger(t), DigestInterval: interval})
-	s.digestSettle = 0
-	goRun(t, s.Run)
+		return 0
+	})
 	waitFor(t, 10*time.Second, func() bool { return s.Stats().Syncs == 1 }, func() string { return "no full sync" })
 	time.Sleep(interval / 4)
 	if st := s.Stats(); st.DigestsSent != 0 {
