@@ -104,21 +104,23 @@ func (q *queue) take() batch {
 
 // release gives a taken batch's buffers back for reuse. It clears them outside the lock: only
 // the keys the batch held, since clearing a map is proportional to its capacity, which a past
-// burst may have made large.
-func (q *queue) release(b batch) {
+// burst may have made large. It reports whether it dropped them instead: a burst's buffers,
+// whose memory should go back to the system rather than wait for the next burst.
+func (q *queue) release(b batch) (dropped bool) {
 	if b.index == nil {
-		return
+		return false
+	}
+	if cap(b.items) > maxSpare {
+		return true
 	}
 	for i := range b.items {
 		delete(b.index, b.items[i].key)
 	}
 	clear(b.items)
-	if cap(b.items) > maxSpare {
-		return // a burst's buffers: give their memory back rather than keep it for the next
-	}
 	q.mu.Lock()
 	q.spareItems, q.spareIndex = b.items[:0], b.index
 	q.mu.Unlock()
+	return false
 }
 
 // maxSpare is the largest batch whose buffers release keeps for reuse: a batch taken in

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,10 @@ type Sender struct {
 	redial    chan struct{} // Redial's wake-up, one at most
 	syncID    uint32        // owned by Run's goroutine
 
+	// Owned by Run's goroutine: when release last handed memory back, and how (tests count).
+	lastFree   time.Time
+	freeMemory func()
+
 	// Owned by Run's goroutine: the digest's working memory, kept between digests.
 	digestID uint32                  // per connection
 	dumped   []dumpedFlow            // the flows of the digest's snapshot
@@ -144,6 +149,7 @@ func NewSender(cfg SenderConfig) *Sender {
 		digestCostRatio: digestCostRatio,
 		window:          make(map[uint64]windowChange),
 		redial:          make(chan struct{}, 1),
+		freeMemory:      debug.FreeOSMemory,
 	}
 }
 
@@ -297,6 +303,24 @@ func (s *Sender) pause(ctx context.Context, failures *int) bool {
 	}
 	return true
 }
+
+// release gives a sent batch back to the queue. A burst's buffers, dropped, are hundreds of
+// megabytes after a million changes; with little allocation afterwards the runtime would
+// collect them only at its forced collection, two minutes later, and return the memory after
+// that. So they go back at once, at most every freeEvery.
+func (s *Sender) release(b batch) {
+	if !s.q.release(b) {
+		return
+	}
+	if now := time.Now(); now.Sub(s.lastFree) >= freeEvery {
+		s.lastFree = now
+		s.freeMemory()
+	}
+}
+
+// freeEvery bounds how often release hands memory back: a collection costs milliseconds,
+// and an overloaded sender may drop burst buffers at every batch.
+const freeEvery = 10 * time.Second
 
 // firstRetry is the pause before the first attempt after a failure (see RetryInterval).
 const firstRetry = 20 * time.Millisecond
@@ -464,7 +488,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 			continue
 		}
 		err := s.sendBatch(enc, b.items)
-		s.q.release(b)
+		s.release(b)
 		if err != nil {
 			return err
 		}
@@ -612,7 +636,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 			s.window[keyHash(&c.key)] = wc
 		}
 		err := s.sendBatch(enc, b.items)
-		s.q.release(b)
+		s.release(b)
 		if err != nil {
 			return err
 		}

@@ -454,18 +454,57 @@ func TestSenderWakeOnFlush(t *testing.T) {
 	waitConverged(t, tr, table, r)
 }
 
-// TestQueueDropsBurstBuffers: the buffers of a burst's batch are not kept for reuse.
-func TestQueueDropsBurstBuffers(t *testing.T) {
-	q := newQueue(1<<20, true)
-	for i := range maxSpare + 1 {
+// queueFlows queues upserts of testFlow(from) to testFlow(to-1).
+func queueFlows(q *queue, from, to int) {
+	for i := from; i < to; i++ {
 		f := testFlow(i)
 		fam, _ := flowFamily(&f)
 		q.push(change{op: opUpsert, key: packKey(f.Proto, fam, f.Orig), flow: f})
 	}
-	b := q.take()
-	q.release(b)
+}
+
+// TestQueueDropsBurstBuffers: the buffers of a burst's batch are not kept for reuse, and
+// release says so; a small batch's are.
+func TestQueueDropsBurstBuffers(t *testing.T) {
+	q := newQueue(1<<20, true)
+	queueFlows(q, 0, maxSpare+1)
+	if !q.release(q.take()) {
+		t.Error("release of a burst's batch did not report dropping it")
+	}
 	if q.spareItems != nil || q.spareIndex != nil {
 		t.Errorf("spare buffers of %d items kept after a burst", cap(q.spareItems))
+	}
+	queueFlows(q, 0, 10)
+	if q.release(q.take()) || q.spareIndex == nil {
+		t.Error("a small batch's buffers were dropped")
+	}
+}
+
+// TestSenderFreesBurstMemory: a dropped burst's memory is handed back at once, at most every
+// freeEvery.
+func TestSenderFreesBurstMemory(t *testing.T) {
+	s := NewSender(SenderConfig{})
+	frees := 0
+	s.freeMemory = func() { frees++ }
+	for _, step := range []struct {
+		what  string
+		n     int
+		since time.Duration // set lastFree this long ago first, if not 0
+		want  int
+	}{
+		{"a burst", maxSpare + 1, 0, 1},
+		{"a second burst at once", maxSpare + 1, 0, 1},
+		{"a small batch after freeEvery", 10, freeEvery, 1},
+		{"a burst after freeEvery", maxSpare + 1, freeEvery, 2},
+	} {
+		if step.since != 0 {
+			s.lastFree = time.Now().Add(-step.since)
+		}
+		queueFlows(s.q, 0, step.n)
+		s.release(s.q.take())
+		if frees != step.want {
+			t.Fatalf("after %s: memory handed back %d times, want %d", step.what, frees, step.want)
+		}
 	}
 }
 
