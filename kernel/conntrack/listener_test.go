@@ -299,11 +299,11 @@ func TestReceiveAfterDeadline(t *testing.T) {
 	}
 	defer q.close()
 	q.recvTimeout = 20 * time.Millisecond
-	if _, err := q.receive(true); !errors.Is(err, os.ErrDeadlineExceeded) {
+	if _, err := q.receive(true, false); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("waiting receive with nothing queued: %v, want a deadline error", err)
 	}
 	time.Sleep(2 * q.recvTimeout)
-	if _, err := q.receive(false); !errors.Is(err, unix.EAGAIN) {
+	if _, err := q.receive(false, true); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("receive without waiting after the deadline passed: %v, want EAGAIN", err)
 	}
 }

@@ -62,6 +62,7 @@ type querier struct {
 	werr, rerr      error
 	rn              int
 	wait            bool
+	quiet           bool // the next send or receive is a quiet system call (quietSyscall)
 	writeFn, readFn func(fd uintptr) bool
 }
 
@@ -140,12 +141,12 @@ func (q *querier) query(req netlink.Message, each func(netlink.Message) error) e
 	ne.PutUint16(h[6:], uint16(req.Header.Flags))
 	ne.PutUint32(h[8:], seq)
 	q.msg = append(append(q.msg[:0], h[:]...), req.Data...)
-	if err := q.send(q.msg); err != nil {
+	if err := q.send(q.msg, false); err != nil {
 		return err
 	}
 	var eachErr error
 	for {
-		n, err := q.receive(true)
+		n, err := q.receive(true, false)
 		if err != nil {
 			return err
 		}
@@ -192,7 +193,7 @@ func (q *querier) query(req netlink.Message, each func(netlink.Message) error) e
 // finish reads the rest of an answer that query abandoned, if any; with q.mu held.
 func (q *querier) finish() error {
 	for q.unfinished != 0 {
-		n, err := q.receive(true)
+		n, err := q.receive(true, false)
 		if err != nil {
 			return fmt.Errorf("the rest of an abandoned answer: %w", err)
 		}
@@ -224,8 +225,8 @@ func messageErrno(data []byte) unix.Errno {
 // send writes b, one or more netlink messages, in one sendmsg to the kernel (the
 // socket's default destination). The kernel handles them one after the other before
 // sendmsg returns (netlink_unicast_kernel), and queues each answer on the socket then.
-func (q *querier) send(b []byte) error {
-	q.out = b
+func (q *querier) send(b []byte, quiet bool) error {
+	q.out, q.quiet = b, quiet
 	err := q.raw.Write(q.writeFn)
 	q.out = nil
 	if err != nil {
@@ -240,7 +241,11 @@ func (q *querier) send(b []byte) error {
 // write is q.writeFn, kept in q so that a send allocates nothing.
 func (q *querier) write(fd uintptr) bool {
 	for {
-		_, q.werr = unix.Write(int(fd), q.out)
+		if q.quiet {
+			_, q.werr = quietSyscall(unix.SYS_WRITE, fd, q.out)
+		} else {
+			_, q.werr = unix.Write(int(fd), q.out)
+		}
 		if q.werr != unix.EINTR {
 			return q.werr != unix.EAGAIN
 		}
@@ -250,7 +255,9 @@ func (q *querier) write(fd uintptr) bool {
 // receive reads one datagram into q.buf and returns its length. With wait it waits up to
 // recvTimeout for one; without, it returns unix.EAGAIN at once when none is queued.
 // unix.ENOBUFS says that the kernel dropped answers because the receive queue was full.
-func (q *querier) receive(wait bool) (int, error) {
+// With quiet the read is a quiet system call: never for a dump, whose next datagram the
+// kernel fills during the read, walking as many hash buckets as it takes.
+func (q *querier) receive(wait, quiet bool) (int, error) {
 	// The deadline stays on the socket: a waiting read's must not outlive it, or a later
 	// read that does not wait would fail with it once it has passed (and every one after).
 	switch {
@@ -265,7 +272,7 @@ func (q *querier) receive(wait bool) (int, error) {
 		}
 		q.deadline = false
 	}
-	q.wait = wait
+	q.wait, q.quiet = wait, quiet
 	if err := q.raw.Read(q.readFn); err != nil {
 		return 0, fmt.Errorf("receive: %w", err)
 	}
@@ -286,7 +293,11 @@ func (q *querier) receive(wait bool) (int, error) {
 // block (the runtime's poller waits for it), and read(2) takes no source address.
 func (q *querier) read(fd uintptr) bool {
 	for {
-		q.rn, q.rerr = unix.Read(int(fd), q.buf)
+		if q.quiet {
+			q.rn, q.rerr = quietSyscall(unix.SYS_READ, fd, q.buf)
+		} else {
+			q.rn, q.rerr = unix.Read(int(fd), q.buf)
+		}
 		if q.rerr != unix.EINTR {
 			return !q.wait || q.rerr != unix.EAGAIN // EAGAIN: wait until readable
 		}
@@ -346,12 +357,12 @@ func (q *querier) exchange(b []byte, first uint32, n, final int,
 	if err := q.finish(); err != nil {
 		return false, err
 	}
-	if err := q.send(b); err != nil {
+	if err := q.send(b, n <= quietRequests); err != nil {
 		return false, err
 	}
 	finalSeen := false
 	for !finalSeen {
-		m, err := q.receive(false)
+		m, err := q.receive(false, true)
 		switch {
 		case errors.Is(err, unix.ENOBUFS):
 			lost = true
