@@ -100,9 +100,11 @@ type Sender struct {
 	redial    chan struct{} // Redial's wake-up, one at most
 	syncID    uint32        // owned by Run's goroutine
 
-	// Owned by Run's goroutine: when release last handed memory back, and how (tests count).
-	lastFree   time.Time
-	freeMemory func()
+	// Owned by Run's goroutine: when release last handed memory back, whether dropped
+	// buffers wait for the next time, and how (tests count).
+	lastFree    time.Time
+	freePending bool
+	freeMemory  func()
 
 	// Owned by Run's goroutine: the digest's working memory, kept between digests.
 	digestID uint32                  // per connection
@@ -307,13 +309,20 @@ func (s *Sender) pause(ctx context.Context, failures *int) bool {
 // release gives a sent batch back to the queue. A burst's buffers, dropped, are hundreds of
 // megabytes after a million changes; with little allocation afterwards the runtime would
 // collect them only at its forced collection, two minutes later, and return the memory after
-// that. So they go back at once, at most every freeEvery.
+// that. So they go back at once, at most every freeEvery; what is dropped meanwhile goes back
+// when freeEvery has passed (freeIfDue), even if the queue has gone quiet by then.
 func (s *Sender) release(b batch) {
-	if !s.q.release(b) {
-		return
+	if s.q.release(b) {
+		s.freePending = true
 	}
-	if now := time.Now(); now.Sub(s.lastFree) >= freeEvery {
-		s.lastFree = now
+	s.freeIfDue()
+}
+
+// freeIfDue hands the memory of dropped buffers back if some wait and freeEvery has passed.
+// Run's goroutine calls it after each batch and at each keepalive tick.
+func (s *Sender) freeIfDue() {
+	if s.freePending && time.Since(s.lastFree) >= freeEvery {
+		s.freePending, s.lastFree = false, time.Now()
 		s.freeMemory()
 	}
 }
@@ -484,6 +493,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder) error {
 				if err := enc.keepalive(); err != nil {
 					return fmt.Errorf("send keepalive: %w", err)
 				}
+				s.freeIfDue()
 			}
 			continue
 		}

@@ -481,27 +481,38 @@ func TestQueueDropsBurstBuffers(t *testing.T) {
 }
 
 // TestSenderFreesBurstMemory: a dropped burst's memory is handed back at once, at most every
-// freeEvery.
+// freeEvery; one dropped meanwhile goes back once freeEvery has passed, after the next batch
+// or at the next idle tick.
 func TestSenderFreesBurstMemory(t *testing.T) {
 	s := NewSender(SenderConfig{})
 	frees := 0
 	s.freeMemory = func() { frees++ }
 	for _, step := range []struct {
 		what  string
-		n     int
+		n     int           // flows in the batch; 0: an idle tick (freeIfDue), no batch
 		since time.Duration // set lastFree this long ago first, if not 0
 		want  int
 	}{
 		{"a burst", maxSpare + 1, 0, 1},
 		{"a second burst at once", maxSpare + 1, 0, 1},
-		{"a small batch after freeEvery", 10, freeEvery, 1},
-		{"a burst after freeEvery", maxSpare + 1, freeEvery, 2},
+		{"a small batch at once", 10, 0, 1},
+		{"a small batch after freeEvery", 10, freeEvery, 2}, // the second burst's
+		{"a small batch after freeEvery again", 10, freeEvery, 2},
+		{"a burst after freeEvery", maxSpare + 1, freeEvery, 3},
+		{"a burst at once", maxSpare + 1, 0, 3},
+		{"an idle tick at once", 0, 0, 3},
+		{"an idle tick after freeEvery", 0, freeEvery, 4},
+		{"an idle tick after freeEvery again", 0, freeEvery, 4},
 	} {
 		if step.since != 0 {
 			s.lastFree = time.Now().Add(-step.since)
 		}
-		queueFlows(s.q, 0, step.n)
-		s.release(s.q.take())
+		if step.n > 0 {
+			queueFlows(s.q, 0, step.n)
+			s.release(s.q.take())
+		} else {
+			s.freeIfDue()
+		}
 		if frees != step.want {
 			t.Fatalf("after %s: memory handed back %d times, want %d", step.what, frees, step.want)
 		}
