@@ -261,6 +261,12 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 		inBurst = 0
 	}
 	var rate busyMeter
+	// The kernel reports only the first event it drops (ENOBUFS): it then marks the socket
+	// congested and drops every event, silently, until the queue is read empty
+	// (netlink_overrun, netlink_rcv_wake). Events dropped in that window, after the caller
+	// began repairing the first loss, are lost too: the socket's drop counter tells.
+	congested := false
+	var dropsAtOverrun uint32
 	for {
 		if ctx.Err() != nil || l.closed.Load() {
 			return nil
@@ -271,6 +277,13 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 		}
 		switch {
 		case errors.Is(err, unix.EAGAIN):
+			if congested {
+				// Read empty: the kernel delivers again from here on.
+				congested = false
+				if d, ok := socketDrops(rc); !ok || d != dropsAtOverrun {
+					fn(Event{Type: EventOverrun})
+				}
+			}
 			burstDone()
 			if l.linger > 0 && readSinceLinger && rate.busy {
 				readSinceLinger = false
@@ -282,6 +295,10 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 		case err != nil && (ctx.Err() != nil || l.closed.Load()):
 			return nil
 		case errors.Is(err, unix.ENOBUFS):
+			// Counted before the report: the caller's repair begins after it, and covers
+			// the drops so far.
+			congested = true
+			dropsAtOverrun, _ = socketDrops(rc)
 			fn(Event{Type: EventOverrun})
 			continue
 		case err != nil:
@@ -317,6 +334,22 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 			burstDone()
 		}
 	}
+}
+
+// socketDrops returns the number of datagrams the kernel has dropped for the socket
+// (SO_MEMINFO's SK_MEMINFO_DROPS), and false if it cannot be read.
+func socketDrops(rc syscall.RawConn) (uint32, bool) {
+	var mem [unix.SK_MEMINFO_VARS]uint32
+	size := uint32(unsafe.Sizeof(mem))
+	var errno syscall.Errno
+	err := rc.Control(func(fd uintptr) {
+		_, _, errno = unix.RawSyscall6(unix.SYS_GETSOCKOPT, fd, unix.SOL_SOCKET, unix.SO_MEMINFO,
+			uintptr(unsafe.Pointer(&mem[0])), uintptr(unsafe.Pointer(&size)), 0)
+	})
+	if err != nil || errno != 0 || size <= unix.SK_MEMINFO_DROPS*4 {
+		return 0, false
+	}
+	return mem[unix.SK_MEMINFO_DROPS], true
 }
 
 // recvBatch reads up to recvSlots datagrams (events) with one recvmmsg.

@@ -513,3 +513,76 @@ func TestBusyMeter(t *testing.T) {
 		}
 	}
 }
+
+// TestListenerOverrunSilentDrops proves that events the kernel drops after reporting an
+// overrun, while the socket is still congested, are reported as another overrun: the kernel
+// itself reports only the first drop until the socket is read empty.
+func TestListenerOverrunSilentDrops(t *testing.T) {
+	ns := natNS(t, "ctlsd")
+	tbl := openTable(t, ns)
+	var l *Listener
+	ns.MustDo(func() (err error) {
+		l, err = NewListener(1) // the kernel's minimum: a few events fill it
+		return err
+	})
+	flow := func(i int) Flow {
+		return Flow{
+			Proto: unix.IPPROTO_UDP, Timeout: 60,
+			Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(10000+i)), Dst: ap("10.0.0.10:53")},
+			Reply: Tuple{Src: ap("10.1.0.100:53"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), uint16(10000+i))},
+		}
+	}
+	const burst, late = 100, 50
+	for i := range burst {
+		if err := tbl.Inject(flow(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	events := make(chan Event, 4*(burst+late))
+	done := make(chan error, 1)
+	overruns := 0 // Run's goroutine only
+	go func() {
+		done <- l.Run(ctx, func(e Event) {
+			if e.Type == EventOverrun {
+				if overruns++; overruns == 1 {
+					// The caller's repair (a re-dump) would start now; these entries come
+					// after it, and the socket, still full, drops their events.
+					for i := burst; i < burst+late; i++ {
+						if err := tbl.Inject(flow(i)); err != nil {
+							t.Error(err)
+						}
+					}
+				}
+			}
+			events <- e
+		})
+	}()
+	var seenOverruns, lateNews int
+	timeout := time.After(10 * time.Second)
+	for seenOverruns < 2 && lateNews < late {
+		select {
+		case e := <-events:
+			switch {
+			case e.Type == EventOverrun:
+				seenOverruns++
+			case e.Type == EventNew && e.Flow.Orig.Src.Port() >= 10000+burst:
+				lateNews++
+			}
+		case <-timeout:
+			t.Fatalf("after 10s: %d overruns, %d of %d events after the first delivered: the rest were lost unreported",
+				seenOverruns, lateNews, late)
+		}
+	}
+	t.Logf("%d overruns, %d of %d events after the first delivered", seenOverruns, lateNews, late)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of cancel")
+	}
+}
