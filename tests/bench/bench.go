@@ -454,13 +454,21 @@ func measureSync(ctx context.Context, sys System, p Plan, res *Results, logf log
 		}
 		logf("%s: %d entries injected into %s's kernel in %v (%.0f/s)", name, n-have, active.Name, d.Round(time.Millisecond), float64(n-have)/d.Seconds())
 		have = n
+		// Each system first mirrors the injection burst, so that the runs below start from a
+		// settled active (ours: its queue drained, and its memory with it).
+		start := time.Now()
 		if t, ok := sys.(*Theirs); ok {
-			start := time.Now()
 			if err := WaitInternal(ctx, t, active, n); err != nil {
 				logf("%s: %v", name, err)
 				return
 			}
 			logf("%s: the primary's internal cache holds them %v later", name, time.Since(start).Round(time.Millisecond))
+		} else {
+			if err := WaitMirrored(ctx, standby, n); err != nil {
+				logf("%s: %v", name, err)
+				return
+			}
+			logf("%s: the standby's kernel holds them %v later", name, time.Since(start).Round(time.Millisecond))
 		}
 		for run := 0; run < p.SyncRuns[i] && ctx.Err() == nil; run++ {
 			var r FullSyncRun

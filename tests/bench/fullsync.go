@@ -221,6 +221,20 @@ func WaitInternal(ctx context.Context, t *Theirs, d *labnet.Device, n int) error
 	})
 }
 
+// WaitMirrored waits until d's kernel holds n entries (ours: the standby's, mirrored).
+func WaitMirrored(ctx context.Context, d *labnet.Device, n int) error {
+	return poll(ctx, syncBound, 100*time.Millisecond, fmt.Sprintf("ours: %s's kernel holding %d entries", d.Name, n), func() (bool, error) {
+		c, err := ctCount(d.NS)
+		if err != nil {
+			return false, err
+		}
+		if c >= n {
+			return true, nil
+		}
+		return false, fmt.Errorf("%d", c)
+	})
+}
+
 // ShellRun is one listing of the connection table through a command's standard output.
 type ShellRun struct {
 	First, Last time.Duration // to the first row, to the end of the output
