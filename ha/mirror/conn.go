@@ -127,34 +127,38 @@ func (q *quietIO) read(c net.Conn, p []byte) (int, error) {
 	if !q.use(c) {
 		return c.Read(p)
 	}
-	q.buf, q.n, q.err, q.writing = p, 0, nil, false
-	err := q.rc.Read(q.ioFn)
-	n := q.n
-	q.buf = nil
-	switch {
-	case err != nil:
-		return n, err
-	case q.err != nil:
-		return n, os.NewSyscallError("read", q.err)
-	case n == 0 && len(p) > 0:
+	n, err := q.run(p, false)
+	if err == nil && n == 0 && len(p) > 0 {
 		return 0, io.EOF
 	}
-	return n, nil
+	return n, err
 }
 
 func (q *quietIO) write(c net.Conn, p []byte) (int, error) {
 	if !q.use(c) {
 		return c.Write(p)
 	}
-	q.buf, q.n, q.err, q.writing = p, 0, nil, true
-	err := q.rc.Write(q.ioFn)
+	return q.run(p, true)
+}
+
+// run reads into p, or writes all of it, through the connection's poller.
+func (q *quietIO) run(p []byte, writing bool) (int, error) {
+	q.buf, q.n, q.err, q.writing = p, 0, nil, writing
+	var err error
+	op := "read"
+	if writing {
+		op = "write"
+		err = q.rc.Write(q.ioFn)
+	} else {
+		err = q.rc.Read(q.ioFn)
+	}
 	n := q.n
 	q.buf = nil
 	switch {
 	case err != nil:
 		return n, err
 	case q.err != nil:
-		return n, os.NewSyscallError("write", q.err)
+		return n, os.NewSyscallError(op, q.err)
 	}
 	return n, nil
 }

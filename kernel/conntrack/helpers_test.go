@@ -86,9 +86,16 @@ func listen(t testing.TB, ns *nstest.NS, bufBytes int) (<-chan Event, *Listener)
 		return err
 	})
 	ch := make(chan Event, 1<<16)
+	runListener(t, l, func(e Event) { ch <- e })
+	return ch, l
+}
+
+// runListener runs l with fn until the test ends; Run must then return nil within 5s.
+func runListener(t testing.TB, l *Listener, fn func(Event)) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx, func(e Event) { ch <- e }) }()
+	go func() { done <- l.Run(ctx, fn) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -100,7 +107,6 @@ func listen(t testing.TB, ns *nstest.NS, bufBytes int) (<-chan Event, *Listener)
 			t.Errorf("Run did not return within 5s of cancel")
 		}
 	})
-	return ch, l
 }
 
 // nextEvent waits up to 5s for an event.

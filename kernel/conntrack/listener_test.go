@@ -105,38 +105,22 @@ func TestEventsOfEntriesInjectedBeforeListener(t *testing.T) {
 // TestListenerOverrun proves that a listener whose socket overflows reports EventOverrun
 // and then carries on delivering events.
 func TestListenerOverrun(t *testing.T) {
-	ns := natNS(t, "ctlov")
-	tbl := openTable(t, ns)
-
-	var l *Listener
-	ns.MustDo(func() (err error) {
-		l, err = NewListener(1) // the kernel's minimum: a few events fill it
-		return err
-	})
+	tbl, l := tinyListener(t, "ctlov")
 	if n, err := l.ReadBuffer(); err != nil || n > 8192 {
 		t.Fatalf("receive buffer = %d, %v; want the kernel minimum", n, err)
 	}
 
 	// Fill the socket before Run reads anything: events queue from NewListener on.
 	const burst = 200
-	flow := func(i int) Flow {
-		return Flow{
-			Proto: unix.IPPROTO_UDP, Timeout: 60,
-			Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(10000+i)), Dst: ap("10.0.0.10:53")},
-			Reply: Tuple{Src: ap("10.1.0.100:53"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), uint16(10000+i))},
-		}
-	}
+	flow := numberedFlow
 	for i := range burst {
 		if err := tbl.Inject(flow(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	events := make(chan Event, 2*burst)
-	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx, func(e Event) { events <- e }) }()
+	runListener(t, l, func(e Event) { events <- e })
 
 	// The first thing read is the overrun, then what the socket had room for. Once Run
 	// has drained the socket the kernel delivers again (it stays "congested", dropping
@@ -174,16 +158,6 @@ wait:
 		t.Errorf("%d of %d new events delivered: the buffer was not overrun", news, next)
 	}
 	t.Logf("%d overruns, %d of %d new events delivered", overruns, news, next)
-
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run = %v after cancel, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return within 5s of cancel")
-	}
 }
 
 // TestListenerClose proves that Close ends Run with nil, that Run runs only once, and
@@ -518,47 +492,30 @@ func TestBusyMeter(t *testing.T) {
 // overrun, while the socket is still congested, are reported as another overrun: the kernel
 // itself reports only the first drop until the socket is read empty.
 func TestListenerOverrunSilentDrops(t *testing.T) {
-	ns := natNS(t, "ctlsd")
-	tbl := openTable(t, ns)
-	var l *Listener
-	ns.MustDo(func() (err error) {
-		l, err = NewListener(1) // the kernel's minimum: a few events fill it
-		return err
-	})
-	flow := func(i int) Flow {
-		return Flow{
-			Proto: unix.IPPROTO_UDP, Timeout: 60,
-			Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(10000+i)), Dst: ap("10.0.0.10:53")},
-			Reply: Tuple{Src: ap("10.1.0.100:53"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), uint16(10000+i))},
-		}
-	}
+	tbl, l := tinyListener(t, "ctlsd")
+	flow := numberedFlow
 	const burst, late = 100, 50
 	for i := range burst {
 		if err := tbl.Inject(flow(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	events := make(chan Event, 4*(burst+late))
-	done := make(chan error, 1)
 	overruns := 0 // Run's goroutine only
-	go func() {
-		done <- l.Run(ctx, func(e Event) {
-			if e.Type == EventOverrun {
-				if overruns++; overruns == 1 {
-					// The caller's repair (a re-dump) would start now; these entries come
-					// after it, and the socket, still full, drops their events.
-					for i := burst; i < burst+late; i++ {
-						if err := tbl.Inject(flow(i)); err != nil {
-							t.Error(err)
-						}
+	runListener(t, l, func(e Event) {
+		if e.Type == EventOverrun {
+			if overruns++; overruns == 1 {
+				// The caller's repair (a re-dump) would start now; these entries come
+				// after it, and the socket, still full, drops their events.
+				for i := burst; i < burst+late; i++ {
+					if err := tbl.Inject(flow(i)); err != nil {
+						t.Error(err)
 					}
 				}
 			}
-			events <- e
-		})
-	}()
+		}
+		events <- e
+	})
 	var seenOverruns, lateNews int
 	timeout := time.After(10 * time.Second)
 	for seenOverruns < 2 && lateNews < late {
@@ -576,13 +533,27 @@ func TestListenerOverrunSilentDrops(t *testing.T) {
 		}
 	}
 	t.Logf("%d overruns, %d of %d events after the first delivered", seenOverruns, lateNews, late)
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Run = %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return within 5s of cancel")
+}
+
+// tinyListener returns a table and a listener, with the smallest receive buffer the kernel
+// gives (a few events fill it), in a new NAT namespace.
+func tinyListener(t *testing.T, name string) (*Table, *Listener) {
+	t.Helper()
+	ns := natNS(t, name)
+	tbl := openTable(t, ns)
+	var l *Listener
+	ns.MustDo(func() (err error) {
+		l, err = NewListener(1)
+		return err
+	})
+	return tbl, l
+}
+
+// numberedFlow returns the i-th of a series of NATed UDP flows, source port 10000+i.
+func numberedFlow(i int) Flow {
+	return Flow{
+		Proto: unix.IPPROTO_UDP, Timeout: 60,
+		Orig:  Tuple{Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(10000+i)), Dst: ap("10.0.0.10:53")},
+		Reply: Tuple{Src: ap("10.1.0.100:53"), Dst: netip.AddrPortFrom(netip.MustParseAddr("10.1.0.10"), uint16(10000+i))},
 	}
 }
