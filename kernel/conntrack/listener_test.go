@@ -161,7 +161,8 @@ wait:
 }
 
 // TestListenerClose proves that Close ends Run with nil, that Run runs only once, and
-// that a context cancelled before Run makes it return at once.
+// that a context cancelled before Run makes it return at once, and one cancelled while Run
+// waits for events soon after.
 func TestListenerClose(t *testing.T) {
 	ns := natNS(t, "ctlcl")
 	newListener := func() *Listener {
@@ -199,6 +200,48 @@ func TestListenerClose(t *testing.T) {
 	cancel()
 	if err := newListener().Run(ctx, func(Event) {}); err != nil {
 		t.Errorf("Run with a cancelled context = %v, want nil", err)
+	}
+
+	l = newListener()
+	defer l.Close()
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { done <- l.Run(ctx, func(Event) {}) }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run = %v after its context ended, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return within 5s of its context's end")
+	}
+}
+
+// TestListenerOutsidePoller: the event socket is blocking, which is how os.NewFile knows to
+// leave it out of the runtime's poller, whose thread each arriving event would otherwise
+// wake while Run lingers (see Listener).
+func TestListenerOutsidePoller(t *testing.T) {
+	ns := natNS(t, "ctlpo")
+	var l *Listener
+	ns.MustDo(func() (err error) {
+		l, err = NewListener(0)
+		return err
+	})
+	defer l.Close()
+	for _, f := range []*os.File{l.sock, l.wake} {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flags int
+		var ferr error
+		if err := rc.Control(func(fd uintptr) { flags, ferr = unix.FcntlInt(fd, unix.F_GETFL, 0) }); err != nil || ferr != nil {
+			t.Fatal(err, ferr)
+		}
+		if flags&unix.O_NONBLOCK != 0 {
+			t.Errorf("%s is non-blocking: the runtime's poller watches it", f.Name())
+		}
 	}
 }
 
