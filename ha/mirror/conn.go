@@ -91,19 +91,54 @@ func (d *deadlineReader) wake() {
 }
 
 // deadlineWriter sets a write deadline before every write of the underlying connection (one per
-// bufio flush), so that a peer that stops reading cannot block the Sender for ever.
+// bufio flush), so that a peer that stops reading cannot block the Sender for ever. With
+// noWait set (Sender.Flush's writes on the producer's goroutine) a write never waits: what
+// the socket does not take at once is kept, and the next write that may wait (or drain)
+// writes it first.
 type deadlineWriter struct {
 	c       net.Conn
 	timeout time.Duration
 	io      quietIO
+	noWait  bool
+	spill   []byte
 }
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
+	if d.noWait {
+		n := 0
+		if len(d.spill) == 0 {
+			var err error
+			if n, err = d.io.tryWrite(d.c, p); err != nil {
+				return n, err
+			}
+		}
+		d.spill = append(d.spill, p[n:]...)
+		return len(p), nil
+	}
+	if err := d.drain(); err != nil {
+		return 0, err
+	}
 	if err := d.c.SetWriteDeadline(time.Now().Add(d.timeout)); err != nil {
 		return 0, err
 	}
 	return d.io.write(d.c, p)
 }
+
+// drain writes what writes that could not wait have kept, waiting as Write does.
+func (d *deadlineWriter) drain() error {
+	if len(d.spill) == 0 {
+		return nil
+	}
+	err := d.c.SetWriteDeadline(time.Now().Add(d.timeout))
+	if err == nil {
+		_, err = d.io.write(d.c, d.spill)
+	}
+	d.spill = d.spill[:0] // after an error too: the connection is done for
+	return err
+}
+
+// canSkipWait says whether the connection is a socket, which a noWait write needs.
+func (d *deadlineWriter) canSkipWait() bool { return d.io.use(d.c) }
 
 // quietIO reads or writes a TCP connection, whose socket never blocks (the runtime's poller
 // waits for it, honouring the deadlines), with quiet system calls: they go around the
@@ -120,6 +155,7 @@ type quietIO struct {
 	n       int
 	err     error
 	ioFn    func(fd uintptr) bool
+	tryFn   func(fd uintptr)
 	writing bool
 }
 
@@ -139,6 +175,25 @@ func (q *quietIO) write(c net.Conn, p []byte) (int, error) {
 		return c.Write(p)
 	}
 	return q.run(p, true)
+}
+
+// tryWrite writes as much of p as the socket takes without waiting; use must have said
+// that c has a socket.
+func (q *quietIO) tryWrite(c net.Conn, p []byte) (int, error) {
+	if !q.use(c) {
+		return 0, errors.New("write without waiting: not a socket")
+	}
+	q.buf, q.n, q.err, q.writing = p, 0, nil, true
+	err := q.rc.Control(q.tryFn)
+	n := q.n
+	q.buf = nil
+	switch {
+	case err != nil:
+		return n, err
+	case q.err != nil:
+		return n, os.NewSyscallError("write", q.err)
+	}
+	return n, nil
 }
 
 // run reads into p, or writes all of it, through the connection's poller.
@@ -171,6 +226,7 @@ func (q *quietIO) use(c net.Conn) bool {
 			q.rc, _ = sc.SyscallConn()
 		}
 		q.ioFn = q.do
+		q.tryFn = func(fd uintptr) { q.do(fd) }
 	}
 	return q.rc != nil
 }

@@ -138,3 +138,55 @@ func TestQuietIO(t *testing.T) {
 		t.Fatal("writes to a closed peer kept succeeding")
 	})
 }
+
+// A write that may not wait (the Sender's direct writes) never blocks on a peer that does
+// not read: it keeps what the socket does not take, and the next write that may wait sends
+// that first, so the peer reads every byte in order.
+func TestDeadlineWriterNoWait(t *testing.T) {
+	w, r := tcpPair(t)
+	dw := &deadlineWriter{c: w, timeout: 10 * time.Second}
+	if !dw.canSkipWait() {
+		t.Fatal("a TCP connection cannot be written without waiting")
+	}
+	var want []byte
+	dw.noWait = true
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 1<<12) // 64 KiB
+	start := time.Now()
+	for i := range 128 { // 8 MiB: far past the socket buffers, none read meanwhile
+		chunk[0] = byte(i)
+		n, err := dw.Write(chunk)
+		if n != len(chunk) || err != nil {
+			t.Fatalf("write %d without waiting: %d, %v; want %d, nil", i, n, err, len(chunk))
+		}
+		want = append(want, chunk...)
+	}
+	if len(dw.spill) == 0 {
+		t.Fatal("8 MiB written to a peer that reads nothing, and nothing kept")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("writes without waiting took %v", took) // a safety bound: they waited
+	}
+	dw.noWait = false
+
+	got := make(chan []byte, 1)
+	go func() {
+		all, _ := io.ReadAll(r)
+		got <- all
+	}()
+	if _, err := dw.Write([]byte("tail")); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, "tail"...)
+	if len(dw.spill) != 0 {
+		t.Errorf("%d bytes still kept after a write that may wait", len(dw.spill))
+	}
+	w.Close()
+	select {
+	case all := <-got:
+		if !bytes.Equal(all, want) {
+			t.Errorf("peer read %d bytes, want %d in order", len(all), len(want))
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("peer did not read to the end")
+	}
+}

@@ -454,6 +454,51 @@ func TestSenderWakeOnFlush(t *testing.T) {
 	waitConverged(t, tr, table, r)
 }
 
+// TestSenderDirectFlush: once the Sender waits with nothing to do, Flush writes a small burst
+// itself, on the caller's goroutine (the queue is empty when it returns), and a large one is
+// left to Run; both reach the peer.
+func TestSenderDirectFlush(t *testing.T) {
+	checkGoroutines(t)
+	table := newFakeTable()
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	cfg := testSenderConfig(t, tr, r.Addrs()...)
+	cfg.WakeOnFlush = true
+	cfg.DigestInterval = -1
+	s := NewSender(cfg)
+	s.keepalive = time.Hour // nothing but Flush wakes Run (the test takes far less than readTimeout)
+	goRun(t, s.Run)
+	waitConverged(t, tr, table, r)
+	parked := func() bool {
+		s.streamMu.Lock()
+		defer s.streamMu.Unlock()
+		return s.parked != nil
+	}
+	for _, tc := range []struct {
+		n      int
+		direct bool
+	}{
+		{10, true},
+		{directMax, true},
+		{directMax + 1, false},
+	} {
+		waitFor(t, testTimeout, parked, func() string { return "the sender does not wait" })
+		from := 1000 * (tc.n + 1)
+		for _, f := range flows(from, from+tc.n) {
+			tr.upsert(s, f)
+		}
+		if got := s.writeDirect(); got != tc.direct {
+			t.Errorf("burst of %d: written directly %v, want %v", tc.n, got, tc.direct)
+		}
+		if tc.direct && s.q.len() != 0 {
+			t.Errorf("burst of %d: %d changes still queued after a direct write", tc.n, s.q.len())
+		}
+		s.Flush()
+		waitConverged(t, tr, table, r)
+	}
+}
+
 // queueFlows queues upserts of testFlow(from) to testFlow(to-1).
 func queueFlows(q *queue, from, to int) {
 	for i := from; i < to; i++ {
