@@ -38,6 +38,11 @@ const (
 )
 
 // From linux/netfilter/nf_conntrack_common.h and nf_conntrack_tuple_common.h.
+//
+// google/nftables v0.3.0 sends NFTA_CT_DIRECTION as four bytes where the kernel's policy
+// says one, so each load logs "netlink: 'applianced': attribute type 3 has an invalid
+// length" in dmesg. It is harmless: the kernel reads the first byte, and the original
+// direction is 0 in either width. The library's fix (PR #317) is in no release yet.
 const (
 	ctDirOriginal = 0    // IP_CT_DIR_ORIGINAL
 	ctStatusDNAT  = 0x20 // IPS_DST_NAT: set by the DNAT in prerouting
