@@ -67,11 +67,10 @@ const (
 // socket in its own loop rather than ti-mo/conntrack's Listen, whose workers stop at the
 // first receive error, ENOBUFS included (DESIGN fact 8).
 //
-// The socket is kept out of the Go runtime's poller, and Run waits for it itself (wait).
-// The poller watches its sockets edge-triggered for as long as they are open, so every
-// event arriving while Run lingers (SetLinger) would wake the thread parked in epoll_wait,
-// to find that no goroutine waits for the socket: under load, a thread wake-up for nothing
-// at nearly every event, which in the lab was a quarter of the active daemon's CPU time.
+// The socket is kept out of the Go runtime's poller (openNetfilterSocket), and Run waits
+// for it itself (waitReadable): else every event arriving while Run lingers (SetLinger)
+// would wake the poller's thread for nothing, under load at nearly every event, which in
+// the lab was a quarter of the active daemon's CPU time.
 //
 // A Listener is used by one Run; Close may be called from any goroutine, at any time.
 type Listener struct {
@@ -108,43 +107,50 @@ func NewListenerOf(bufBytes int, types ...EventType) (*Listener, error) {
 		}
 		join = append(join, g)
 	}
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	sock, _, err := openNetfilterSocket("conntrack event")
 	if err != nil {
-		return nil, fmt.Errorf("open conntrack event socket: %w", err)
+		return nil, err
 	}
-	if err := setupEventSocket(fd, join, bufBytes); err != nil {
-		_ = unix.Close(fd)
+	if err := joinEventGroups(sock, join, bufBytes); err != nil {
+		_ = sock.Close()
 		return nil, err
 	}
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC)
 	if err != nil {
-		_ = unix.Close(fd)
+		_ = sock.Close()
 		return nil, fmt.Errorf("conntrack event socket's eventfd: %w", err)
 	}
-	return &Listener{sock: os.NewFile(uintptr(fd), "conntrack-events"), wake: os.NewFile(uintptr(efd), "conntrack-events-wake")}, nil
+	return &Listener{sock: sock, wake: os.NewFile(uintptr(efd), "conntrack-events-wake")}, nil
 }
 
-// setupEventSocket binds fd, joins it to the groups and sizes its receive buffer.
-func setupEventSocket(fd int, groups []uint32, bufBytes int) error {
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("bind conntrack event socket: %w", err)
+// joinEventGroups joins the socket to the groups and sizes its receive buffer.
+func joinEventGroups(sock *os.File, groups []uint32, bufBytes int) error {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("conntrack event socket: %w", err)
 	}
-	for _, g := range groups {
-		if err := unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(g)); err != nil {
-			return fmt.Errorf("join conntrack event group %d: %w", g, err)
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		for _, g := range groups {
+			if serr = unix.SetsockoptInt(int(fd), unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, int(g)); serr != nil {
+				serr = fmt.Errorf("join conntrack event group %d: %w", g, serr)
+				return
+			}
 		}
+		if bufBytes <= 0 {
+			return
+		}
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bufBytes); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, bufBytes)
+		}
+		if serr != nil {
+			serr = fmt.Errorf("set conntrack event receive buffer to %d bytes: %w", bufBytes, serr)
+		}
+	})
+	if cerr != nil {
+		return fmt.Errorf("conntrack event socket: %w", cerr)
 	}
-	if bufBytes <= 0 {
-		return nil
-	}
-	err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bufBytes)
-	if err != nil {
-		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, bufBytes)
-	}
-	if err != nil {
-		return fmt.Errorf("set conntrack event receive buffer to %d bytes: %w", bufBytes, err)
-	}
-	return nil
+	return serr
 }
 
 // SetFilter has the kernel drop the events that f rejects before they are queued for the

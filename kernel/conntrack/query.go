@@ -4,9 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -42,16 +44,22 @@ var errStop = errors.New("stop")
 // carrying the request's sequence number, whichever comes first.
 //
 // It numbers its requests itself, so that a batch takes a run of sequence numbers.
+//
+// Its socket blocks and stays out of the runtime's poller (openNetfilterSocket): a read
+// that waits blocks in the kernel, for recvTimeout at most (SO_RCVTIMEO), and one that
+// does not wait says so (MSG_DONTWAIT). Close does not end a read that waits, which the
+// kernel's synchronous answers make short.
 type querier struct {
-	mu   sync.Mutex // one request (or batch) and its answer at a time
-	conn *netlink.Conn
-	raw  syscall.RawConn
-	seq  uint32 // last sequence number used
-	buf  []byte // receive buffer
-	msg  []byte // send buffer of query
+	mu     sync.Mutex // one request (or batch) and its answer at a time
+	sock   *os.File
+	raw    syscall.RawConn
+	portID uint32
+	seq    uint32 // last sequence number used
+	buf    []byte // receive buffer
+	msg    []byte // send buffer of query
 
 	recvTimeout time.Duration // recvTimeout; tests shorten it
-	deadline    bool          // a read deadline is set on conn
+	timeoutSet  time.Duration // the socket's SO_RCVTIMEO
 
 	// unfinished is the sequence number of an answer that query abandoned before its end
 	// (0 if none): the next request reads the rest first, so that the socket is in step.
@@ -63,25 +71,26 @@ type querier struct {
 	rn              int
 	wait            bool
 	quiet           bool // the next send or receive is a quiet system call (quietSyscall)
-	writeFn, readFn func(fd uintptr) bool
+	writeFn, readFn func(fd uintptr)
 }
 
 func dialQuerier() (*querier, error) {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, nil)
+	sock, portID, err := openNetfilterSocket("conntrack request")
 	if err != nil {
 		return nil, err
 	}
-	raw, err := c.SyscallConn()
+	raw, err := sock.SyscallConn()
 	if err != nil {
-		_ = c.Close()
+		_ = sock.Close()
 		return nil, err
 	}
-	q := &querier{conn: c, raw: raw, buf: make([]byte, recvBufSize), seq: uint32(time.Now().UnixNano()), recvTimeout: recvTimeout}
+	q := &querier{sock: sock, raw: raw, portID: portID, buf: make([]byte, recvBufSize),
+		seq: uint32(time.Now().UnixNano()), recvTimeout: recvTimeout}
 	q.writeFn, q.readFn = q.write, q.read
 	return q, nil
 }
 
-func (q *querier) close() error { return q.conn.Close() }
+func (q *querier) close() error { return q.sock.Close() }
 
 // setBuffers grows the socket buffers for batches: with SO_SNDBUFFORCE / SO_RCVBUFFORCE
 // (CAP_NET_ADMIN; they ignore net.core.wmem_max and rmem_max), else as far as the plain
@@ -227,7 +236,7 @@ func messageErrno(data []byte) unix.Errno {
 // sendmsg returns (netlink_unicast_kernel), and queues each answer on the socket then.
 func (q *querier) send(b []byte, quiet bool) error {
 	q.out, q.quiet = b, quiet
-	err := q.raw.Write(q.writeFn)
+	err := q.raw.Control(q.writeFn)
 	q.out = nil
 	if err != nil {
 		return fmt.Errorf("send: %w", err)
@@ -238,8 +247,9 @@ func (q *querier) send(b []byte, quiet bool) error {
 	return nil
 }
 
-// write is q.writeFn, kept in q so that a send allocates nothing.
-func (q *querier) write(fd uintptr) bool {
+// write is q.writeFn, kept in q so that a send allocates nothing. A write to the kernel
+// does not wait for room: netlink_sendmsg hands it to ctnetlink at once.
+func (q *querier) write(fd uintptr) {
 	for {
 		if q.quiet {
 			_, q.werr = quietSyscall(unix.SYS_WRITE, fd, q.out)
@@ -247,7 +257,7 @@ func (q *querier) write(fd uintptr) bool {
 			_, q.werr = unix.Write(int(fd), q.out)
 		}
 		if q.werr != unix.EINTR {
-			return q.werr != unix.EAGAIN
+			return
 		}
 	}
 }
@@ -258,25 +268,19 @@ func (q *querier) write(fd uintptr) bool {
 // With quiet the read is a quiet system call: never for a dump, whose next datagram the
 // kernel fills during the read, walking as many hash buckets as it takes.
 func (q *querier) receive(wait, quiet bool) (int, error) {
-	// The deadline stays on the socket: a waiting read's must not outlive it, or a later
-	// read that does not wait would fail with it once it has passed (and every one after).
-	switch {
-	case wait:
-		if err := q.conn.SetReadDeadline(time.Now().Add(q.recvTimeout)); err != nil {
+	if wait && q.timeoutSet != q.recvTimeout {
+		if err := q.setRecvTimeout(q.recvTimeout); err != nil {
 			return 0, err
 		}
-		q.deadline = true
-	case q.deadline:
-		if err := q.conn.SetReadDeadline(time.Time{}); err != nil {
-			return 0, err
-		}
-		q.deadline = false
 	}
 	q.wait, q.quiet = wait, quiet
-	if err := q.raw.Read(q.readFn); err != nil {
+	if err := q.raw.Control(q.readFn); err != nil {
 		return 0, fmt.Errorf("receive: %w", err)
 	}
 	switch {
+	case wait && q.rerr == unix.EAGAIN:
+		// SO_RCVTIMEO's end.
+		return 0, fmt.Errorf("receive: no answer within %v: %w", q.recvTimeout, os.ErrDeadlineExceeded)
 	case q.rerr == unix.EAGAIN || q.rerr == unix.ENOBUFS:
 		return 0, q.rerr
 	case q.rerr != nil:
@@ -289,19 +293,49 @@ func (q *querier) receive(wait, quiet bool) (int, error) {
 	return q.rn, nil
 }
 
-// read is q.readFn, kept in q so that a receive allocates nothing. The socket does not
-// block (the runtime's poller waits for it), and read(2) takes no source address.
-func (q *querier) read(fd uintptr) bool {
+// setRecvTimeout bounds a read that waits (SO_RCVTIMEO).
+func (q *querier) setRecvTimeout(d time.Duration) error {
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	var serr error
+	if err := q.raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptTimeval(int(fd), unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	}); err != nil || serr != nil {
+		return fmt.Errorf("conntrack socket receive timeout: %w", errors.Join(err, serr))
+	}
+	q.timeoutSet = d
+	return nil
+}
+
+// read is q.readFn, kept in q so that a receive allocates nothing. A read that waits may
+// block: it goes through the runtime's syscall bookkeeping, never quiet. recvfrom(2) takes
+// no source address here.
+func (q *querier) read(fd uintptr) {
 	for {
-		if q.quiet {
-			q.rn, q.rerr = quietSyscall(unix.SYS_READ, fd, q.buf)
-		} else {
-			q.rn, q.rerr = unix.Read(int(fd), q.buf)
+		switch {
+		case q.wait:
+			q.rn, q.rerr = recvfrom(syscall.Syscall6, fd, q.buf, 0)
+		case q.quiet:
+			q.rn, q.rerr = recvfrom(syscall.RawSyscall6, fd, q.buf, unix.MSG_DONTWAIT)
+		default:
+			q.rn, q.rerr = recvfrom(syscall.Syscall6, fd, q.buf, unix.MSG_DONTWAIT)
 		}
+		// With SO_RCVTIMEO set, a signal ends a waiting read with EINTR rather than
+		// restarting it (signal(7)).
 		if q.rerr != unix.EINTR {
-			return !q.wait || q.rerr != unix.EAGAIN // EAGAIN: wait until readable
+			return
 		}
 	}
+}
+
+// recvfrom reads one datagram into b through call, syscall.Syscall6 or (quiet)
+// syscall.RawSyscall6.
+func recvfrom(call func(trap, a1, a2, a3, a4, a5, a6 uintptr) (r1, r2 uintptr, err syscall.Errno),
+	fd uintptr, b []byte, flags int) (int, error) {
+	r, _, errno := call(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(flags), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(r), nil
 }
 
 // forEachMessage calls fn for each netlink message in a datagram, without copying: the

@@ -73,7 +73,7 @@ func Open() (*Table, error) {
 
 // PortID returns the netlink port id of the socket that Inject, InjectBatch and Delete
 // send on: the Event.PortID of the changes they make (see EventFilter.IgnorePortIDs).
-func (t *Table) PortID() uint32 { return t.q.conn.PID() }
+func (t *Table) PortID() uint32 { return t.q.portID }
 
 // Close closes the sockets. Calls in flight and later calls fail; calling Close again
 // returns the first result.
