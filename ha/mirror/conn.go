@@ -184,29 +184,21 @@ func (q *quietIO) tryWrite(c net.Conn, p []byte) (int, error) {
 		return 0, errors.New("write without waiting: not a socket")
 	}
 	q.buf, q.n, q.err, q.writing = p, 0, nil, true
-	err := q.rc.Control(q.tryFn)
-	n := q.n
-	q.buf = nil
-	switch {
-	case err != nil:
-		return n, err
-	case q.err != nil:
-		return n, os.NewSyscallError("write", q.err)
-	}
-	return n, nil
+	return q.result("write", q.rc.Control(q.tryFn))
 }
 
 // run reads into p, or writes all of it, through the connection's poller.
 func (q *quietIO) run(p []byte, writing bool) (int, error) {
 	q.buf, q.n, q.err, q.writing = p, 0, nil, writing
-	var err error
-	op := "read"
 	if writing {
-		op = "write"
-		err = q.rc.Write(q.ioFn)
-	} else {
-		err = q.rc.Read(q.ioFn)
+		return q.result("write", q.rc.Write(q.ioFn))
 	}
+	return q.result("read", q.rc.Read(q.ioFn))
+}
+
+// result returns what the call through the RawConn did, given its error, and lets go of
+// the buffer.
+func (q *quietIO) result(op string, err error) (int, error) {
 	n := q.n
 	q.buf = nil
 	switch {

@@ -437,15 +437,7 @@ func TestQueueWakes(t *testing.T) {
 // TestSenderWakeOnFlush: with WakeOnFlush, a burst of changes goes out once flushed.
 func TestSenderWakeOnFlush(t *testing.T) {
 	checkGoroutines(t)
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	cfg := testSenderConfig(t, tr, r.Addrs()...)
-	cfg.WakeOnFlush = true
-	s := NewSender(cfg)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
+	s, tr, table, r := startFlushedSender(t, func(*SenderConfig) {}, func(*Sender) {})
 	for _, f := range flows(10, 100) {
 		tr.upsert(s, f)
 	}
@@ -454,22 +446,33 @@ func TestSenderWakeOnFlush(t *testing.T) {
 	waitConverged(t, tr, table, r)
 }
 
-// TestSenderDirectFlush: once the Sender waits with nothing to do, Flush writes a small burst
-// itself, on the caller's goroutine (the queue is empty when it returns), and a large one is
-// left to Run; both reach the peer.
-func TestSenderDirectFlush(t *testing.T) {
-	checkGoroutines(t)
+// startFlushedSender runs a Sender with WakeOnFlush, configured further by configure and
+// tune, towards a test Receiver, and waits until the Receiver holds the first 10 flows.
+func startFlushedSender(t *testing.T, configure func(*SenderConfig), tune func(*Sender)) (*Sender, *truth, *fakeTable, *Receiver) {
+	t.Helper()
 	table := newFakeTable()
 	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
 	startReceiver(t, r)
 	tr := newTruth(flows(0, 10)...)
 	cfg := testSenderConfig(t, tr, r.Addrs()...)
 	cfg.WakeOnFlush = true
-	cfg.DigestInterval = -1
+	configure(&cfg)
 	s := NewSender(cfg)
-	s.keepalive = time.Hour // nothing but Flush wakes Run (the test takes far less than readTimeout)
+	tune(s)
 	goRun(t, s.Run)
 	waitConverged(t, tr, table, r)
+	return s, tr, table, r
+}
+
+// TestSenderDirectFlush: once the Sender waits with nothing to do, Flush writes a small burst
+// itself, on the caller's goroutine (the queue is empty when it returns), and a large one is
+// left to Run; both reach the peer.
+func TestSenderDirectFlush(t *testing.T) {
+	checkGoroutines(t)
+	s, tr, table, r := startFlushedSender(t,
+		func(cfg *SenderConfig) { cfg.DigestInterval = -1 },
+		// Nothing but Flush wakes Run (the test takes far less than readTimeout).
+		func(s *Sender) { s.keepalive = time.Hour })
 	parked := func() bool {
 		s.streamMu.Lock()
 		defer s.streamMu.Unlock()
