@@ -68,7 +68,7 @@ const (
 // first receive error, ENOBUFS included (DESIGN fact 8).
 //
 // The socket is kept out of the Go runtime's poller (openNetfilterSocket), and Run waits
-// for it itself (waitReadable): else every event arriving while Run lingers (SetLinger)
+// for it itself (readyWaiter): else every event arriving while Run lingers (SetLinger)
 // would wake the poller's thread for nothing, under load at nearly every event, which in
 // the lab was a quarter of the active daemon's CPU time.
 //
@@ -265,6 +265,7 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 	if err != nil {
 		return fmt.Errorf("conntrack event socket: %w", err)
 	}
+	ready := newReadyWaiter(rc, wc)
 	stop := context.AfterFunc(ctx, l.interrupt)
 	defer stop()
 	var rb recvBatch
@@ -289,7 +290,7 @@ func (l *Listener) Run(ctx context.Context, fn func(Event)) error {
 			return nil
 		}
 		if wait {
-			if err := waitReadable(rc, wc); err != nil {
+			if err := ready.wait(); err != nil {
 				if ctx.Err() != nil || l.closed.Load() {
 					return nil
 				}
@@ -403,20 +404,39 @@ func (rb *recvBatch) init() {
 	}
 }
 
-// waitReadable blocks until the socket of rc has a datagram to read or the eventfd of wc
-// has been written to (or a signal interrupts the wait).
-func waitReadable(rc, wc syscall.RawConn) error {
-	var perr error
-	cerr := rc.Control(func(fd uintptr) {
-		werr := wc.Control(func(wfd uintptr) {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(wfd), Events: unix.POLLIN}}
-			if _, perr = unix.Ppoll(fds, nil, nil); errors.Is(perr, unix.EINTR) {
-				perr = nil
-			}
-		})
-		perr = errors.Join(werr, perr)
-	})
-	return errors.Join(cerr, perr)
+// readyWaiter waits until the socket has a datagram to read or the eventfd has been written
+// to (or a signal interrupts the wait). Its functions are made once, so that a wait, once per
+// burst of events, allocates nothing.
+type readyWaiter struct {
+	rc, wc       syscall.RawConn
+	fds          [2]unix.PollFd
+	err          error
+	outer, inner func(fd uintptr)
+}
+
+func newReadyWaiter(rc, wc syscall.RawConn) *readyWaiter {
+	w := &readyWaiter{rc: rc, wc: wc}
+	w.outer = func(fd uintptr) {
+		w.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+		if err := w.wc.Control(w.inner); err != nil {
+			w.err = err
+		}
+	}
+	w.inner = func(wfd uintptr) {
+		w.fds[1] = unix.PollFd{Fd: int32(wfd), Events: unix.POLLIN}
+		if _, err := unix.Ppoll(w.fds[:], nil, nil); err != nil && err != unix.EINTR {
+			w.err = err
+		}
+	}
+	return w
+}
+
+func (w *readyWaiter) wait() error {
+	w.err = nil
+	if err := w.rc.Control(w.outer); err != nil {
+		return err
+	}
+	return w.err
 }
 
 // interrupt ends a wait in progress, and every later one.
