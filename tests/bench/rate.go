@@ -1,19 +1,13 @@
 package bench
 
 import (
-	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/openappliance/appliance/tests/labnet"
@@ -26,141 +20,21 @@ type RateRun struct {
 	Failed   int     // flows the generator could not complete (connect or echo failed)
 	Created  int     // new entries of the virtual seen on the active's kernel
 	Mirrored int     // of those, how many reached the standby
-	// Lags from an entry's creation on the active (its conntrack event) to its arrival on
-	// the standby, read from a count polled every counterPoll on both systems (ours: the
-	// standby's kernel entries; theirs: the external cache's entries), see
-	// ArrivalsFromCounter: resolution about counterPoll.
+	// Lags from an entry's creation in the active's kernel (its kernel timestamp, see
+	// kernelStamps) to its arrival on the standby, read from a count polled every
+	// counterPoll on both systems (ours: the standby's kernel entries; theirs: the external
+	// cache's entries), see ArrivalsFromCounter: resolution about counterPoll.
 	LagP50, LagP99 time.Duration
-	// Exact (ours only): the same lag per entry from the standby kernel's own events.
+	// Exact (ours only): the same lag per entry, from its creation in the active's kernel
+	// to its creation in the standby's, both by the kernel's own timestamps.
 	Exact              bool
 	ExactP50, ExactP99 time.Duration
 	// CPUActive and CPUStandby: CPU time the mirroring daemons used during the burst
 	// and its drain.
 	CPUActive, CPUStandby cpuUse
-	// Overruns: events the harness's own listeners lost (the figures are then a floor).
+	// Overruns: how many of the harness's event readers lost events (the entries lost are
+	// then missing from the lags).
 	Overruns int
-}
-
-// newEntries records when each new entry sent to dst appears in a namespace's conntrack
-// table. It runs the bench binary's WatchNew in the namespace at real-time priority
-// (chrt -f), so that the stamps do not depend on the harness's own goroutines, which compete
-// with the traffic generator for two cores. The watcher writes to a file in /run (tmpfs),
-// which the harness tails: a pipe that the harness, short of CPU, drained late would block
-// the watcher, whose event socket would then overrun.
-type newEntries struct {
-	cmd      *exec.Cmd
-	file     string
-	done     chan struct{} // closed when the tail has read everything the tool wrote
-	exited   chan struct{} // closed when the tool has exited
-	mu       sync.Mutex
-	at       map[TupleKey]time.Time
-	overruns atomic.Int64
-	stderr   strings.Builder
-}
-
-func watchNew(ctx context.Context, ns string, dst netip.AddrPort, proto uint8) (*newEntries, error) {
-	out, err := os.CreateTemp("/run", "appliance-bench-ct-*.log")
-	if err != nil {
-		return nil, err
-	}
-	w := &newEntries{at: map[TupleKey]time.Time{}, file: out.Name(), done: make(chan struct{}), exited: make(chan struct{})}
-	exe, err := os.Executable()
-	if err != nil {
-		out.Close()
-		os.Remove(out.Name())
-		return nil, err
-	}
-	w.cmd = exec.CommandContext(ctx, "chrt", append([]string{"-f", "20", "ip", "netns", "exec", ns, exe}, watchArgs(proto, dst)...)...)
-	w.cmd.Stdout = out
-	w.cmd.Stderr = &lockedWriter{mu: &w.mu, w: &w.stderr}
-	err = w.cmd.Start()
-	out.Close() // the tool has its own descriptor
-	if err != nil {
-		os.Remove(w.file)
-		return nil, fmt.Errorf("conntrack -E in %s: %w", ns, err)
-	}
-	go func() {
-		w.cmd.Wait()
-		close(w.exited)
-	}()
-	go w.tail(proto, dst)
-	time.Sleep(200 * time.Millisecond) // subscribed before the first flow
-	return w, nil
-}
-
-// tail parses the tool's file as it grows, until the tool has exited and all is read.
-func (w *newEntries) tail(proto uint8, dst netip.AddrPort) {
-	defer close(w.done)
-	f, err := os.Open(w.file)
-	if err != nil {
-		<-w.exited
-		return
-	}
-	defer f.Close()
-	rd := bufio.NewReaderSize(f, 1<<20)
-	var partial string
-	for {
-		line, err := rd.ReadString('\n')
-		if err != nil { // at the end of what is written so far
-			partial += line
-			select {
-			case <-w.exited:
-				if _, err := rd.Peek(1); err != nil {
-					return
-				}
-			case <-time.After(20 * time.Millisecond):
-			}
-			continue
-		}
-		line, partial = partial+line, ""
-		src, at, overrun, ok := parseWatchLine(strings.TrimRight(line, "\n"))
-		switch {
-		case !ok:
-		case overrun:
-			w.overruns.Add(1)
-		default:
-			key := TupleKey{Proto: proto, Src: src, Dst: dst}
-			w.mu.Lock()
-			if _, seen := w.at[key]; !seen {
-				w.at[key] = at
-			}
-			w.mu.Unlock()
-		}
-	}
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  *strings.Builder
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
-}
-
-func (w *newEntries) count() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.at)
-}
-
-// stop ends the tool (after a moment for the last events) and returns what it saw.
-func (w *newEntries) stop() map[TupleKey]time.Time {
-	time.Sleep(100 * time.Millisecond)
-	w.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-w.exited:
-	case <-time.After(5 * time.Second):
-		w.cmd.Process.Kill()
-		<-w.exited
-	}
-	<-w.done
-	os.Remove(w.file)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.at
 }
 
 // counterSample is a reading of a monotonic count at a time.
@@ -416,26 +290,24 @@ func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen bur
 		port = UDPPort
 	}
 	dst := netip.AddrPortFrom(netip.MustParseAddr(labnet.VirtualIP), port)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	onActive, err := watchNew(wctx, active.NS, dst, proto)
+	onActive, err := watchStamps(active.NS, proto, dst)
 	if err != nil {
 		return r, err
 	}
-	// Ours: exact per-entry arrivals from the standby kernel's events. Both: the polled
+	// Ours: exact per-entry arrivals from the standby kernel's stamps. Both: the polled
 	// counter, the one method that reads both systems alike.
-	var exact *newEntries
+	var onStandby *kernelStamps
 	if _, theirs := sys.(*Theirs); !theirs {
-		if exact, err = watchNew(wctx, standby.NS, dst, proto); err != nil {
+		if onStandby, err = watchStamps(standby.NS, proto, dst); err != nil {
 			onActive.stop()
 			return r, err
 		}
 	}
-	counter, err := watchCounter(wctx, standbyCounter(wctx, sys, standby))
+	counter, err := watchCounter(ctx, standbyCounter(ctx, sys, standby))
 	if err != nil {
 		onActive.stop()
-		if exact != nil {
-			exact.stop()
+		if onStandby != nil {
+			onStandby.stop()
 		}
 		return r, err
 	}
@@ -445,12 +317,12 @@ func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen bur
 	done, failed, elapsed := gen(ctx, active)
 	r.Achieved = float64(done) / elapsed.Seconds()
 	r.Failed = failed
-	// Drain: until the standby has everything the active created, or 10 s of no progress.
+	// Drain: until the standby has as many entries as flows were made, or 10 s of no
+	// progress.
 	last, lastChange := -1, time.Now()
 	for ctx.Err() == nil {
-		want := onActive.count()
 		got := counter.progress()
-		if got >= want {
+		if got >= done {
 			break
 		}
 		if got != last {
@@ -466,18 +338,22 @@ func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen bur
 		settle(ctx, active, standby)
 	}
 	r.CPUActive, r.CPUStandby = cpuTimes(pidsA).Sub(cpuA0), cpuTimes(pidsS).Sub(cpuS0)
-	created := onActive.stop()
+	created, err := onActive.stop()
+	if err != nil {
+		r.Overruns++
+	}
 	r.Created = len(created)
-	r.Overruns = int(onActive.overruns.Load())
 	lags := counter.lags(created)
 	r.Mirrored = len(lags)
 	r.LagP50, r.LagP99 = lagPercentiles(lags)
-	if exact != nil {
-		got := exact.stop()
-		r.Overruns += int(exact.overruns.Load())
+	if onStandby != nil {
+		arrived, err := onStandby.stop()
+		if err != nil {
+			r.Overruns++
+		}
 		var ex []time.Duration
 		for key, t := range created {
-			if at, ok := got[key]; ok {
+			if at, ok := arrived[key]; ok {
 				ex = append(ex, max(at.Sub(t), 0))
 			}
 		}
