@@ -41,6 +41,10 @@ type kernelStamps struct {
 	err    error     // the listener's end, if it ended early (events then lost)
 }
 
+// timestampSysctl turns the kernel's conntrack timestamps on and off; stop turns them off
+// again, so that the sections after the lag's (the full syncs) run as they would without.
+const timestampSysctl = "net.netfilter.nf_conntrack_timestamp"
+
 // stampsBuffer is the event socket's receive buffer: a full feed's worth of destroy events
 // (the kernel's garbage collector finds tens of thousands at once).
 const stampsBuffer = 256 << 20
@@ -48,7 +52,7 @@ const stampsBuffer = 256 << 20
 // watchStamps turns on the namespace's conntrack timestamps and starts reading destroy
 // events of entries of proto to dst. Entries created before it have no stamp.
 func watchStamps(ns string, proto uint8, dst netip.AddrPort) (*kernelStamps, error) {
-	if err := setSysctl(ns, "net.netfilter.nf_conntrack_timestamp", "1"); err != nil {
+	if err := setSysctl(ns, timestampSysctl, "1"); err != nil {
 		return nil, err
 	}
 	s := &kernelStamps{
@@ -59,18 +63,23 @@ func watchStamps(ns string, proto uint8, dst netip.AddrPort) (*kernelStamps, err
 		at:     map[TupleKey]time.Time{},
 	}
 	conn, err := dialIn(ns)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		s.conn = conn
+		if err = conn.SetReadBuffer(stampsBuffer); err != nil {
+			err = fmt.Errorf("conntrack socket in %s: receive buffer: %w", ns, err)
+		}
 	}
-	s.conn = conn
-	if err := conn.SetReadBuffer(stampsBuffer); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("conntrack socket in %s: receive buffer: %w", ns, err)
+	if err == nil {
+		s.errs, err = conn.Listen(s.events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTDestroy})
+		if err != nil {
+			err = fmt.Errorf("conntrack destroy events in %s: %w", ns, err)
+		}
 	}
-	s.errs, err = conn.Listen(s.events, 1, []netfilter.NetlinkGroup{netfilter.GroupCTDestroy})
 	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("conntrack destroy events in %s: %w", ns, err)
+		if conn != nil {
+			conn.Close()
+		}
+		return nil, errors.Join(err, setSysctl(ns, timestampSysctl, "0"))
 	}
 	go s.read()
 	return s, nil
@@ -114,20 +123,20 @@ func (s *kernelStamps) read() {
 }
 
 func (s *kernelStamps) record(f *ctlib.Flow, event bool) {
-	if f == nil || f.TupleOrig.Proto.Protocol != s.proto {
-		return
-	}
-	dst := netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort)
-	src := netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort)
-	key := TupleKey{Proto: s.proto, Src: src, Dst: dst}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if event {
 		s.last = time.Now()
 	}
-	if dst != s.dst || f.Timestamp.Start.IsZero() {
+	if f == nil || f.TupleOrig.Proto.Protocol != s.proto || f.Timestamp.Start.IsZero() {
 		return
 	}
+	dst := netip.AddrPortFrom(f.TupleOrig.IP.DestinationAddress, f.TupleOrig.Proto.DestinationPort)
+	if dst != s.dst {
+		return
+	}
+	src := netip.AddrPortFrom(f.TupleOrig.IP.SourceAddress, f.TupleOrig.Proto.SourcePort)
+	key := TupleKey{Proto: s.proto, Src: src, Dst: dst}
 	// An entry deleted and made again counts from its first creation: the one the lag is
 	// about. Dumped entries may be recorded before older destroys the reader has yet to take.
 	if old, seen := s.at[key]; !seen || f.Timestamp.Start.Before(old) {
@@ -159,6 +168,7 @@ func (s *kernelStamps) stop() (map[TupleKey]time.Time, error) {
 	}
 	s.waitQuiet()
 	errs = append(errs, s.conn.Close()) // the reader keeps the worker unblocked meanwhile
+	errs = append(errs, setSysctl(s.ns, timestampSysctl, "0"))
 	close(s.quit)
 	<-s.done
 	s.mu.Lock()

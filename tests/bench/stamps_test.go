@@ -105,6 +105,16 @@ func TestKernelStamps(t *testing.T) {
 	if errA != nil || errS != nil {
 		t.Fatal(errA, errS)
 	}
+	for _, ns := range []string{active, standby} {
+		var on []byte
+		labnet.Do(ns, func() (err error) {
+			on, err = os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_timestamp")
+			return err
+		})
+		if strings.TrimSpace(string(on)) != "0" {
+			t.Errorf("%s: nf_conntrack_timestamp %q after stop, want it off again", ns, on)
+		}
+	}
 	if len(created) != len(flows) || len(arrived) != len(flows) {
 		t.Fatalf("stamps on the active %v, on the standby %v: want the %d flows of %v only", created, arrived, len(flows), dst)
 	}
