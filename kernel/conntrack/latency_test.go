@@ -9,9 +9,8 @@ import (
 // BenchmarkListenerLatency measures how long an event takes from the change that makes it
 // to the Listener's callback, one change at a time (the kernel queues the event during the
 // change's system call, so what is measured is the reader's wake-up): an op is one change,
-// a millisecond apart. It reports the p50 and p99 in microseconds. The bench's lag watchers
-// read events with a Listener too (at real-time priority: run this under chrt -f 20 to see
-// theirs).
+// a millisecond apart. It reports the p50 and p99 in microseconds: the part of the
+// mirror's lag that the event reader's wake-up adds on the active (its linger aside).
 func BenchmarkListenerLatency(b *testing.B) {
 	ns := natNS(b, "ctllat")
 	tbl := openTable(b, ns)
