@@ -21,7 +21,8 @@ import (
 // testNS is a network namespace of one test, removed when it ends.
 type testNS struct{ name string }
 
-func newTestNS(t *testing.T) testNS {
+// tag tells apart the namespaces of one test.
+func newTestNS(t testing.TB, tag string) testNS {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if testing.Short() && os.Getenv("CI") != "true" {
@@ -29,7 +30,7 @@ func newTestNS(t *testing.T) testNS {
 		}
 		t.Fatal("privileged test needs root (network namespaces); run as root, or with -short to leave it out")
 	}
-	name := fmt.Sprintf("dconn%d", os.Getpid()%100000)
+	name := fmt.Sprintf("d%s%d", tag, os.Getpid()%100000)
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}
@@ -59,7 +60,7 @@ func newTestNS(t *testing.T) testNS {
 }
 
 // do runs fn on a locked thread inside the namespace and puts the thread back after.
-func (ns testNS) do(t *testing.T, fn func() error) {
+func (ns testNS) do(t testing.TB, fn func() error) {
 	t.Helper()
 	err := func() error {
 		runtime.LockOSThread()
@@ -91,7 +92,7 @@ func (ns testNS) do(t *testing.T, fn func() error) {
 // TestDeleteConnections: delete sys connection removes the matching entries of virtual
 // servers from the kernel, and nothing else.
 func TestDeleteConnections(t *testing.T) {
-	ns := newTestNS(t)
+	ns := newTestNS(t, "conn")
 	ap := netip.MustParseAddrPort
 	flow := func(client, dst, member string) conntrack.Flow {
 		return conntrack.Flow{Proto: unix.IPPROTO_UDP, Timeout: 60,

@@ -13,7 +13,7 @@ import (
 // TestPing: run util ping runs the real ping from the daemon's namespace: an address there
 // answers, one it has no route to fails the command.
 func TestPing(t *testing.T) {
-	ns := newTestNS(t)
+	ns := newTestNS(t, "ping")
 	if out, err := exec.Command("ip", "netns", "exec", ns.name, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		t.Fatalf("lo up: %v: %s", err, out)
 	}

@@ -200,3 +200,31 @@ func reportPerFlow(b *testing.B, cpu time.Duration) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
 	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/flow")
 }
+
+// BenchmarkInjectStandby measures the standby's kernel work per entry of a full sync: new
+// NATed flows in batches of 256, with net.netfilter.nf_conntrack_events=1 as applianced sets
+// it (every entry carries the event extension). "alone": no conntrack event listener on
+// the machine, as on the standby of a pair of two machines. "listener-elsewhere": one in
+// another namespace, as in the lab, whose two devices share a kernel and whose active
+// listens. The kernel asks whether anyone listens per netlink protocol, machine-wide
+// (netlink_has_listeners), so there every injected entry has its event built and broadcast
+// in its own namespace, to nobody.
+func BenchmarkInjectStandby(b *testing.B) {
+	for _, mode := range []string{"alone", "listener-elsewhere"} {
+		b.Run(mode, func(b *testing.B) {
+			ns := natNS(b, "ctbsby")
+			ns.MustRun("sysctl", "-q", "-w", "net.netfilter.nf_conntrack_events=1")
+			if mode == "listener-elsewhere" {
+				other := nstest.New(b, "ctbact")
+				var l *Listener
+				other.MustDo(func() (err error) {
+					l, err = NewListener(1 << 20)
+					return err
+				})
+				b.Cleanup(func() { l.Close() })
+			}
+			tbl := openTable(b, ns)
+			benchInjectBatch(b, ns, tbl, "new", 256)
+		})
+	}
+}
