@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 )
 
 // TestBatchInjection: consecutive upserts and deletes reach a BatchWriter in runs of at most
@@ -75,8 +76,9 @@ func TestBatchInjection(t *testing.T) {
 	}
 }
 
-// TestBatchPipeline: while a full run of changes is being applied, the Receiver decodes the
-// next; runs are applied one at a time and in order, so a third waits for the first.
+// TestBatchPipeline: while a full run of changes is being applied, the Receiver queues the
+// next for the writer and decodes a third; runs are applied one at a time and in order, so
+// a fourth waits for the first.
 func TestBatchPipeline(t *testing.T) {
 	checkGoroutines(t)
 	table := newBatchTable()
@@ -86,7 +88,7 @@ func TestBatchPipeline(t *testing.T) {
 	startReceiver(t, r)
 	c := dialRaw(t, r.Addrs()[0])
 
-	const n = 3 * maxBatch
+	const n = 4 * maxBatch
 	frames := []frame{helloFrame("a")}
 	var want []string
 	for i := range n {
@@ -95,13 +97,18 @@ func TestBatchPipeline(t *testing.T) {
 		want = append(want, fmt.Sprintf("upsert %v/%d", f.Orig.Src, f.Timeout))
 	}
 	c.send(frames...)
-	// The first run is held in the table, and the second is decoded meanwhile.
-	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 2*maxBatch },
+	// The first run is held in the table; the second is queued for the writer and the
+	// third decoded meanwhile, and no more (the fourth waits for a buffer).
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 3*maxBatch },
 		func() string { return fmt.Sprintf("%+v", r.Stats()) })
 	if got := table.batchSizes(); !slices.Equal(got, []int{maxBatch}) {
 		t.Errorf("with the first run held: batches %v, want [%d]", got, maxBatch)
 	}
-	for range 3 {
+	time.Sleep(10 * time.Millisecond)
+	if got := r.Stats().Upserts; got != 3*maxBatch {
+		t.Errorf("with the first run held: %d upserts decoded, want %d", got, 3*maxBatch)
+	}
+	for range 4 {
 		table.gate <- struct{}{}
 	}
 	waitFor(t, testTimeout, func() bool { return r.Flows() == n }, func() string { return fmt.Sprintf("%+v", r.Stats()) })

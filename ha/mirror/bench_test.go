@@ -180,6 +180,11 @@ func BenchmarkHeldMemory(b *testing.B) {
 	r := NewReceiver(ReceiverConfig{Table: noopBatchTable{}})
 	var ub changeBatch
 	ub.init()
+	apply := func() {
+		r.bookBatch(&ub)
+		r.writeBooked(&ub)
+		ub.reset()
+	}
 	var m0, m1 runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&m0)
@@ -188,10 +193,10 @@ func BenchmarkHeldMemory(b *testing.B) {
 		f := benchFlow(i)
 		ub.add(&f)
 		if ub.full() {
-			r.applyBatch(&ub)
+			apply()
 		}
 	}
-	r.applyBatch(&ub)
+	apply()
 	b.StopTimer()
 	runtime.GC()
 	runtime.ReadMemStats(&m1)

@@ -88,7 +88,9 @@ type Receiver struct {
 	resyncGapMin, resyncGapMax           time.Duration // see link.drift
 	refreshBelow                         time.Duration // cfg.RefreshBelow with its default; 0: never
 
-	// mu orders table writes with Forget and the kernel check, and guards the fields below.
+	// writeMu is held while a run of changes is written: Forget waits for it. mu guards the
+	// fields below; it is taken after writeMu.
+	writeMu  sync.Mutex
 	mu       sync.Mutex
 	held     heldSet                // injected keys
 	sum      uint64                 // the sum of held's hashes: with len(held), the remembered set's digest
@@ -162,6 +164,8 @@ func (r *Receiver) Flows() int { return int(r.nheld.Load()) }
 // injected stay in the kernel as its own. It waits for a table write in progress. Safe for
 // concurrent use.
 func (r *Receiver) Forget() {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	r.held = newHeldSet() // give a large map's memory back
 	r.sum = 0
@@ -375,13 +379,19 @@ type link struct {
 	dec  *decoder
 	sync syncState
 
-	// The run of changes being filled is bufs[fill]. A full run is applied by a goroutine
-	// of its own (applying is closed when it is done) while the next fills the other buffer,
-	// so that decoding overlaps the kernel's work: a full sync is as fast as the kernel
-	// takes entries. Runs are applied one at a time, in order.
-	bufs     [2]changeBatch
-	fill     int
-	applying chan struct{}
+	// The run of changes being filled is fill. A full run is booked in the held set and
+	// handed to a writer goroutine (toWriter), which writes runs one at a time, in order,
+	// and hands them back (written); meanwhile the next fills another buffer, so that
+	// decoding and booking overlap the kernel's work: a full sync is as fast as the kernel
+	// takes entries. With one run written and the next already queued, the writer goes
+	// from one to the next without waiting to be woken.
+	bufs     [3]changeBatch
+	fill     *changeBatch
+	free     []*changeBatch // reset, to fill next
+	writing  []*changeBatch // handed to the writer and not yet back, oldest first
+	toWriter chan *changeBatch
+	written  chan *changeBatch
+	writer   sync.WaitGroup
 
 	synced        bool                   // a full sync has ended on this connection
 	digestSuspect bool                   // the last digest did not match
@@ -395,8 +405,8 @@ type link struct {
 func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
 	l := &link{r: r, c: c, rd: &deadlineReader{c: c, timeout: r.readTimeout}}
 	l.dec = newDecoder(l.rd, bufSize)
-	l.bufs[0].init()
-	l.bufs[1].init()
+	l.startWriter()
+	defer l.stopWriter()
 	defer l.stopCheck()
 	// Frames that arrived whole are applied even when the stream then fails.
 	defer l.flush()
@@ -508,34 +518,87 @@ func (l *link) handle(fr *frame) error {
 }
 
 // pending is the run of changes being filled.
-func (l *link) pending() *changeBatch { return &l.bufs[l.fill] }
+func (l *link) pending() *changeBatch { return l.fill }
 
-// flush writes the pending run of changes, after the one being applied in the background:
+func (l *link) startWriter() {
+	for i := range l.bufs {
+		l.bufs[i].init()
+		l.free = append(l.free, &l.bufs[i])
+	}
+	l.fill, l.free = l.free[0], l.free[1:]
+	l.toWriter = make(chan *changeBatch, len(l.bufs))
+	l.written = make(chan *changeBatch, len(l.bufs))
+	l.writer.Go(func() {
+		for b := range l.toWriter {
+			l.r.writeBooked(b)
+			l.written <- b
+		}
+	})
+}
+
+// stopWriter ends the writer goroutine, once the runs handed to it are written.
+func (l *link) stopWriter() {
+	close(l.toWriter)
+	l.writer.Wait()
+}
+
+// flush writes the pending run of changes, after those being written in the background:
 // when it returns, every change received so far is applied.
 func (l *link) flush() {
+	b := l.fill
+	l.book(b)
 	l.wait()
-	l.r.applyBatch(l.pending())
+	l.r.writeBooked(b)
+	b.reset()
 }
 
-// flushBackground starts applying the pending run in a goroutine and switches to the other
-// buffer, once the run before is applied.
+// flushBackground books the pending run, hands it to the writer and starts filling another
+// buffer.
 func (l *link) flushBackground() {
-	l.wait()
-	b := l.pending()
-	l.fill ^= 1
-	done := make(chan struct{})
-	l.applying = done
-	go func() {
-		defer close(done)
-		l.r.applyBatch(b)
-	}()
+	b := l.fill
+	l.book(b)
+	l.toWriter <- b // never blocks: it holds every buffer
+	l.writing = append(l.writing, b)
+	if len(l.free) == 0 {
+		l.takeWritten()
+	}
+	l.fill, l.free = l.free[len(l.free)-1], l.free[:len(l.free)-1]
 }
 
-// wait returns once the run handed to the background, if any, is applied.
+// book books b in the held set, while the runs before are being written if it may: when b
+// is large (a full sync's, where the bookings' cache misses would otherwise wait for the
+// kernel) and has no key of those runs, whose outcome the booking must know.
+func (l *link) book(b *changeBatch) {
+	if len(l.writing) > 0 && (len(b.flows) < bookAheadMin || l.sharesWriting(b)) {
+		l.wait()
+	}
+	l.r.bookBatch(b)
+}
+
+// bookAheadMin is the smallest run that book books while the runs before are written.
+const bookAheadMin = 64
+
+func (l *link) sharesWriting(b *changeBatch) bool {
+	for _, w := range l.writing {
+		if b.shares(w) {
+			return true
+		}
+	}
+	return false
+}
+
+// takeWritten waits for the oldest run handed to the writer and makes its buffer free.
+func (l *link) takeWritten() {
+	b := <-l.written
+	l.writing = l.writing[1:]
+	b.reset()
+	l.free = append(l.free, b)
+}
+
+// wait returns once the runs handed to the writer are written.
 func (l *link) wait() {
-	if l.applying != nil {
-		<-l.applying
-		l.applying = nil
+	for len(l.writing) > 0 {
+		l.takeWritten()
 	}
 }
 
@@ -548,10 +611,20 @@ type changeBatch struct {
 	del    []bool
 	index  map[packedKey]int
 
-	// Scratch for applyBatch: the deletes and the upserts, split out, and their positions.
+	// Scratch for bookBatch and writeBooked: the deletes and the upserts, split out, and
+	// their positions; what the held set had for each upsert; the bookings' net count.
 	delFlows, upFlows []Flow
 	delPos, upPos     []int
 	delErrs, upErrs   []error // for a Table without BatchWriter
+	before            []heldBefore
+	added, removed    int
+	gen               uint64 // Receiver.gen when booked
+}
+
+// heldBefore is what the held set had for an upsert's key before it was booked.
+type heldBefore struct {
+	e   heldEntry
+	had bool
 }
 
 // maxBatch bounds a run of changes: enough to amortise a system call, little enough that a
@@ -595,6 +668,20 @@ func (b *changeBatch) put(k packedKey, f *Flow, h uint64, del bool) (coalesced b
 
 func (b *changeBatch) full() bool { return len(b.flows) >= maxBatch }
 
+// shares reports whether b and o have a key in common.
+func (b *changeBatch) shares(o *changeBatch) bool {
+	small, large := b, o
+	if len(o.keys) < len(b.keys) {
+		small, large = o, b
+	}
+	for i := range small.keys {
+		if _, ok := large.index[small.keys[i]]; ok {
+			return true
+		}
+	}
+	return false
+}
+
 func (b *changeBatch) reset() {
 	clear(b.flows) // drop address zone pointers
 	clear(b.delFlows)
@@ -603,18 +690,17 @@ func (b *changeBatch) reset() {
 	clear(b.upErrs)
 	b.flows, b.keys, b.hashes, b.del = b.flows[:0], b.keys[:0], b.hashes[:0], b.del[:0]
 	b.delFlows, b.upFlows, b.delPos, b.upPos = b.delFlows[:0], b.upFlows[:0], b.delPos[:0], b.upPos[:0]
+	b.before, b.added, b.removed = b.before[:0], 0, 0
 	clear(b.index)
 }
 
-// applyBatch writes a run of changes and empties it: the deletes first, since an upsert may
-// need a reply tuple (an SNAT port) that a deleted entry frees, each kind in one call when
-// the table is a BatchWriter. A failure is counted and logged and does not stop the stream.
-// A key already held stays held even when its update fails: the older entry is still in the
-// kernel, and still better than none at failover. A deleted key is forgotten even when its
-// delete fails, as the peer no longer has it.
-func (r *Receiver) applyBatch(b *changeBatch) {
-	n := len(b.flows)
-	if n == 0 {
+// bookBatch enters a run of changes in the held set before they are written, as if each
+// will succeed; writeBooked then undoes the bookings of the upserts that fail. Booking
+// first lets the set's lookups (a cache miss each in a large set) overlap the kernel's work
+// on the runs before. The keys are marked touched before the kernel sees them, as a kernel
+// check needs.
+func (r *Receiver) bookBatch(b *changeBatch) {
+	if len(b.flows) == 0 {
 		return
 	}
 	for i := range b.flows {
@@ -625,11 +711,46 @@ func (r *Receiver) applyBatch(b *changeBatch) {
 		}
 	}
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	b.gen = r.gen
 	if r.touched != nil {
 		for i := range b.keys {
 			r.touched[b.keys[i]] = struct{}{}
 		}
 	}
+	for _, i := range b.delPos {
+		if e, had := r.held.remove(&b.keys[i]); had {
+			r.sum -= e.hash
+			b.removed++
+		}
+	}
+	for _, i := range b.upPos {
+		k := &b.keys[i]
+		e, had := r.held.get(k)
+		b.before = append(b.before, heldBefore{e: e, had: had})
+		r.sum += b.hashes[i] - e.hash // e.hash is 0 when !had
+		e.hash = b.hashes[i]
+		e.epoch = r.epoch
+		r.held.set(k, e)
+		if !had {
+			b.added++
+		}
+	}
+}
+
+// writeBooked writes a booked run of changes: the deletes first, since an upsert may need a
+// reply tuple (an SNAT port) that a deleted entry frees, each kind in one call when the
+// table is a BatchWriter. A failure is counted and logged and does not stop the stream. A
+// key already held stays held even when its update fails: the older entry is still in the
+// kernel, and still better than none at failover. A deleted key is forgotten even when its
+// delete fails, as the peer no longer has it.
+func (r *Receiver) writeBooked(b *changeBatch) {
+	n := len(b.flows)
+	if n == 0 {
+		return
+	}
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	delErrs := r.writeBatch(b.delFlows, true, &b.delErrs)
 	upErrs := r.writeBatch(b.upFlows, false, &b.upErrs)
 	errAt := func(errs []error, j int) error {
@@ -638,33 +759,35 @@ func (r *Receiver) applyBatch(b *changeBatch) {
 		}
 		return nil
 	}
-	injectFailed, deleteFailed, added, removed := 0, 0, 0, 0
-	for j, i := range b.delPos {
+	injectFailed, deleteFailed := 0, 0
+	for j := range b.delPos {
 		if errAt(delErrs, j) != nil {
 			deleteFailed++
 		}
-		if e, had := r.held.remove(&b.keys[i]); had {
-			r.sum -= e.hash
-			removed++
-		}
 	}
+	r.mu.Lock()
+	kept := r.gen == b.gen // not forgotten since booked
+	added := b.added
 	for j, i := range b.upPos {
-		k := &b.keys[i]
-		e, had := r.held.get(k)
-		if errAt(upErrs, j) != nil {
-			injectFailed++
-			if !had {
-				continue
-			}
-		} else {
-			r.sum += b.hashes[i] - e.hash // e.hash is 0 when !had
-			e.hash = b.hashes[i]
+		if errAt(upErrs, j) == nil {
+			continue
 		}
-		e.epoch = r.epoch
+		injectFailed++
+		if !kept {
+			continue
+		}
+		// No later run has booked the key (link.book), but a kernel check may have marked
+		// it seen.
+		k, before := &b.keys[i], b.before[j]
+		e, _ := r.held.get(k)
+		r.sum -= e.hash - before.e.hash
+		if !before.had {
+			r.held.remove(k)
+			added--
+			continue
+		}
+		e.hash = before.e.hash
 		r.held.set(k, e)
-		if !had {
-			added++
-		}
 	}
 	// The counters first: whoever sees Flows change sees them too.
 	r.batches.Add(1)
@@ -674,7 +797,9 @@ func (r *Receiver) applyBatch(b *changeBatch) {
 	}
 	r.injectErrs.Add(uint64(injectFailed))
 	r.deleteErrs.Add(uint64(deleteFailed))
-	r.nheld.Add(int64(added - removed))
+	if kept {
+		r.nheld.Add(int64(added - b.removed))
+	}
 	r.mu.Unlock()
 
 	for j, i := range b.delPos {
@@ -687,11 +812,10 @@ func (r *Receiver) applyBatch(b *changeBatch) {
 			r.tableError("inject failed", &b.flows[i], err)
 		}
 	}
-	b.reset()
 }
 
 // writeBatch injects (or deletes) flows in one call when the table is a BatchWriter, else
-// one by one; it returns their errors as BatchWriter does. With r.mu held.
+// one by one; it returns their errors as BatchWriter does. With r.writeMu held.
 func (r *Receiver) writeBatch(flows []Flow, del bool, scratch *[]error) []error {
 	switch {
 	case len(flows) == 0:
