@@ -228,3 +228,20 @@ func BenchmarkInjectStandby(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendCreate measures the encoding of one NATed create request, the user-space
+// part of an injection that the kernel waits for in a full sync.
+func BenchmarkAppendCreate(b *testing.B) {
+	f, err := benchFlow(7).normalize()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var e encoder
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		if i%256 == 0 {
+			e.reset()
+		}
+		appendCreate(&e, f, uint32(i))
+	}
+}

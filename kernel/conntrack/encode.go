@@ -29,13 +29,13 @@ func (e *encoder) reset() { e.b = e.b[:0] }
 // begin starts a ctnetlink message and returns its offset for end.
 func (e *encoder) begin(msgType uint8, fam netfilter.ProtoFamily, flags netlink.HeaderFlags, seq uint32) int {
 	off := len(e.b)
-	var h [nlmsgHeaderLen + nfgenHeaderLen]byte
+	h := e.grow(nlmsgHeaderLen + nfgenHeaderLen)
+	clear(h)
 	ne := binary.NativeEndian
 	ne.PutUint16(h[4:], uint16(netfilter.NFSubsysCTNetlink)<<8|uint16(msgType))
 	ne.PutUint16(h[6:], uint16(flags))
 	ne.PutUint32(h[8:], seq)
 	h[16] = uint8(fam) // nfgen_family; version (NFNETLINK_V0) and res_id stay 0
-	e.b = append(e.b, h[:]...)
 	return off
 }
 
@@ -50,44 +50,69 @@ func (e *encoder) noAck(off int) {
 	binary.NativeEndian.PutUint16(e.b[off+6:], f&^uint16(netlink.Acknowledge))
 }
 
+// grow appends n bytes to the buffer and returns them, to be written in place: a message
+// is a few dozen small attributes, and one append each would cost more than their bytes.
+func (e *encoder) grow(n int) []byte {
+	l := len(e.b)
+	if cap(e.b)-l < n {
+		e.b = append(e.b, make([]byte, n)...)
+	} else {
+		e.b = e.b[:l+n]
+	}
+	return e.b[l:]
+}
+
+// attrHeader writes an attribute's header at the start of p, whose length is the padded
+// size of the attribute.
+func attrHeader(p []byte, typ uint16, payload int) {
+	binary.NativeEndian.PutUint16(p[0:], uint16(nlaHeaderLen+payload))
+	binary.NativeEndian.PutUint16(p[2:], typ)
+}
+
 // attr appends one attribute with data as payload, padded to 4 bytes.
 func (e *encoder) attr(typ uint16, data ...byte) {
-	var h [nlaHeaderLen]byte
-	binary.NativeEndian.PutUint16(h[0:], uint16(nlaHeaderLen+len(data)))
-	binary.NativeEndian.PutUint16(h[2:], typ)
-	e.b = append(e.b, h[:]...)
-	e.b = append(e.b, data...)
-	e.pad()
+	p := e.grow((nlaHeaderLen + len(data) + 3) &^ 3)
+	attrHeader(p, typ, len(data))
+	clear(p[nlaHeaderLen+copy(p[nlaHeaderLen:], data):])
 }
 
-func (e *encoder) pad() {
-	for len(e.b)%4 != 0 {
-		e.b = append(e.b, 0)
-	}
+func (e *encoder) u8(typ uint16, v uint8) {
+	p := e.grow(8)
+	attrHeader(p, typ, 1)
+	p[4], p[5], p[6], p[7] = v, 0, 0, 0
 }
 
-func (e *encoder) u8(typ uint16, v uint8)    { e.attr(typ, v) }
-func (e *encoder) be16(typ uint16, v uint16) { e.attr(typ, byte(v>>8), byte(v)) }
+func (e *encoder) be16(typ uint16, v uint16) {
+	p := e.grow(8)
+	attrHeader(p, typ, 2)
+	binary.BigEndian.PutUint16(p[4:], v)
+	p[6], p[7] = 0, 0
+}
+
 func (e *encoder) be32(typ uint16, v uint32) {
-	e.attr(typ, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	p := e.grow(8)
+	attrHeader(p, typ, 4)
+	binary.BigEndian.PutUint32(p[4:], v)
 }
 
 func (e *encoder) addr(typ uint16, a netip.Addr) {
 	if a.Is4() {
+		p := e.grow(8)
+		attrHeader(p, typ, 4)
 		b := a.As4()
-		e.attr(typ, b[:]...)
+		copy(p[4:], b[:])
 		return
 	}
+	p := e.grow(20)
+	attrHeader(p, typ, 16)
 	b := a.As16()
-	e.attr(typ, b[:]...)
+	copy(p[4:], b[:])
 }
 
 // nest starts a nested attribute and returns its offset for unnest.
 func (e *encoder) nest(typ uint16) int {
 	off := len(e.b)
-	var h [nlaHeaderLen]byte
-	binary.NativeEndian.PutUint16(h[2:], typ|nlaFNested)
-	e.b = append(e.b, h[:]...)
+	attrHeader(e.grow(nlaHeaderLen), typ|nlaFNested, 0) // the length comes with unnest
 	return off
 }
 
