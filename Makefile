@@ -38,12 +38,14 @@ bench: build
 	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
 	$(GO) build -o $(BIN)/ ./tests/cmd/bench
+	$(GO) test -c -o $(BIN)/daemon.test ./appliance/daemon
 	$(BIN)/bench -bin $(BIN) -results $(BIN)/bench-results.txt $(BENCHFLAGS)
 
 bench-quick: build
 	@command -v conntrackd >/dev/null && command -v keepalived >/dev/null || \
 		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y conntrackd keepalived)
 	$(GO) build -o $(BIN)/ ./tests/cmd/bench
+	$(GO) test -c -o $(BIN)/daemon.test ./appliance/daemon
 	$(BIN)/bench -bin $(BIN) -quick -results $(BIN)/bench-results.txt
 
 # Install on this host (root): binaries, systemd unit (watchdog), sshd drop-in, the admin

@@ -89,6 +89,10 @@ func (r *Results) Rows(p Plan) []Row {
 		row(SyncKey(n, "resync"), fmt.Sprintf("%s entries: standby holds all (ours: kernel | theirs: external cache)", thousands(n)), "s", Lower, "")
 		row(SyncKey(n, "total"), fmt.Sprintf("%s entries: standby kernel holds all (theirs: resync + conntrackd -c)", thousands(n)), "s", Lower, "")
 	}
+	big := p.SyncN[len(p.SyncN)-1]
+	row(CeilingKey("alone", "time"), fmt.Sprintf("%s entries, the standby's own ceiling: alone in its kernel as on a machine of its own, fed directly (BenchmarkStandbyFullSync)", thousands(big)), "s", Lower, "")
+	row(CeilingKey("alone", "cpu"), "  CPU per entry (receiver, injector, and the feeding sender in the same process)", "µs", Lower, "")
+	row(CeilingKey("listener-elsewhere", "time"), "  the same beside an event listener in another namespace, as the lab's standby is", "s", Lower, "")
 
 	head("5. Cost of the mirroring daemons (applianced | conntrackd), CPU = utime+stime from /proc/PID/stat; user space = utime (the rest is the kernel's work in their system calls)")
 	for _, proto := range []uint8{6, 17} {
@@ -99,7 +103,6 @@ func (r *Results) Rows(p Plan) []Row {
 		row(RateKey(proto, t, "cpu-standby"), fmt.Sprintf("CPU per new %s flow, standby", name), "µs", Lower, "")
 		row(RateKey(proto, t, "cpu-standby-user"), "  of which in user space", "µs", Lower, "")
 	}
-	big := p.SyncN[len(p.SyncN)-1]
 	row(SyncKey(big, "cpu-active"), fmt.Sprintf("CPU per entry of a %s full sync, active", thousands(big)), "µs", Lower, "")
 	row(SyncKey(big, "cpu-active-user"), "  of which in user space", "µs", Lower, "")
 	row(SyncKey(big, "cpu-standby"), fmt.Sprintf("CPU per entry of a %s full sync, standby (theirs: incl. commit)", thousands(big)), "µs", Lower, "")

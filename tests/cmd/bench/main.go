@@ -101,10 +101,15 @@ func run() error {
 			return err
 		}
 		*bin = filepath.Join(root, "bin")
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", *bin+"/", "./appliance/cmd/applianced", "./shell/cmd/tmsh")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build: %w\n%s", err, out)
+		for _, args := range [][]string{
+			{"build", "-o", *bin + "/", "./appliance/cmd/applianced", "./shell/cmd/tmsh"},
+			{"test", "-c", "-o", filepath.Join(*bin, bench.CeilingTest), "./appliance/daemon"},
+		} {
+			cmd := exec.CommandContext(ctx, "go", args...)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("go %s: %w\n%s", args[0], err, out)
+			}
 		}
 	}
 	if *bin, err = filepath.Abs(*bin); err != nil {
