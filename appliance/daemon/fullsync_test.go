@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -173,7 +172,7 @@ func waitUntil(t testing.TB, bound time.Duration, what string, ok func() bool) {
 	deadline := time.Now().Add(bound)
 	for !ok() {
 		if time.Now().After(deadline) {
-			t.Fatal(fmt.Sprintf("%s: not within %v", what, bound))
+			t.Fatalf("%s: not within %v", what, bound)
 		}
 		time.Sleep(time.Millisecond)
 	}
