@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/openappliance/appliance/appliance/config"
@@ -53,10 +54,19 @@ func newTestNS(t testing.TB, tag string) testNS {
 	if err := os.WriteFile(file, []byte(ruleset), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("ip", "netns", "exec", name, "nft", "-f", file).CombinedOutput(); err != nil {
-		t.Fatalf("nft -f: %v: %s", err, out)
+	ns := testNS{name: name}
+	ns.run(t, "nft", "-f", file)
+	return ns
+}
+
+// run runs a command inside the namespace and returns its output.
+func (ns testNS) run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s in %s: %v: %s", strings.Join(args, " "), ns.name, err, out)
 	}
-	return testNS{name: name}
+	return string(out)
 }
 
 // do runs fn on a locked thread inside the namespace and puts the thread back after.

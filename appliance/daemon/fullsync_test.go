@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,16 +118,6 @@ func syncFlow(i int) mirror.Flow {
 			Dst: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 3, 0, byte(n)}), port),
 		},
 	}
-}
-
-// run runs a command inside the namespace.
-func (ns testNS) run(t testing.TB, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s in %s: %v: %s", strings.Join(args, " "), ns.name, err, out)
-	}
-	return string(out)
 }
 
 // count returns how many conntrack entries the namespace holds.

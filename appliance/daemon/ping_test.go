@@ -5,7 +5,6 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
-	"os/exec"
 	"strings"
 	"testing"
 )
@@ -14,9 +13,7 @@ import (
 // answers, one it has no route to fails the command.
 func TestPing(t *testing.T) {
 	ns := newTestNS(t, "ping")
-	if out, err := exec.Command("ip", "netns", "exec", ns.name, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("lo up: %v: %s", err, out)
-	}
+	ns.run(t, "ip", "link", "set", "lo", "up")
 	d := &Daemon{logger: slog.New(slog.DiscardHandler)}
 	ns.do(t, func() error {
 		var out bytes.Buffer
