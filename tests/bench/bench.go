@@ -74,7 +74,7 @@ func MakePlan(c Config) Plan {
 		Failover: []Setting{
 			{"defaults", "0.5", "1"},
 			{"100 ms class", "0.1", "0.1"},
-			{"fastest", "0.03", "0.01"},
+			{"fastest", "0.02", "0.01"},
 			// Where TCP's retransmission back-off shows: ours tickles it away.
 			{"3 s class (BIG-IP's default)", "3", "1"},
 		},

@@ -13,13 +13,13 @@ import (
 )
 
 // fastestSafeTimeout is failover.nettimeout at the fastest setting that is safe on a 2-core
-// machine saturated by other work: heartbeats every 5 ms, the peer failed after 30 ms of
-// silence. It rests on the heartbeat pacer process (failover.RunPacerProcess), real-time in
-// all its threads. A real-time thread of the daemon was not enough: it waits for the Go
-// scheduler after each sleep, and at 0.03 ran 48 to 130 ms late, each time matching a "peer
-// heartbeat lost" on the other device. With the process, 0.03 passed 2 runs of 2 and 0.02
-// its one run.
-const fastestSafeTimeout = "0.03"
+// machine saturated by other work: heartbeats every 5 ms (the interval's floor), the peer
+// failed after 20 ms of silence, four heartbeats. It rests on the heartbeat pacer process
+// (failover.RunPacerProcess), real-time in all its threads. A real-time thread of the daemon
+// was not enough: it waits for the Go scheduler after each sleep, and at 0.03 ran 48 to 130
+// ms late, each time matching a "peer heartbeat lost" on the other device. With the process,
+// 0.03 passed 2 runs of 2, and 0.02 passed 9 runs of 9 (first 1, then 8 in a row).
+const fastestSafeTimeout = "0.02"
 
 // saturation is how long TestFaultSaturatedCPU keeps the cores busy.
 const saturation = 60 * time.Second
