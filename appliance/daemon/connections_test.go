@@ -22,6 +22,11 @@ import (
 // testNS is a network namespace of one test, removed when it ends.
 type testNS struct{ name string }
 
+// netnsPrefixEnv names the variable whose value, when set, prefixes the test namespaces'
+// names: make bench runs BenchmarkStandbyFullSync with its own prefix, so that a bench run
+// killed meanwhile leaves namespaces that the next one knows to remove.
+const netnsPrefixEnv = "APPLIANCE_TEST_NETNS_PREFIX"
+
 // tag tells apart the namespaces of one test.
 func newTestNS(t testing.TB, tag string) testNS {
 	t.Helper()
@@ -32,6 +37,9 @@ func newTestNS(t testing.TB, tag string) testNS {
 		t.Fatal("privileged test needs root (network namespaces); run as root, or with -short to leave it out")
 	}
 	name := fmt.Sprintf("d%s%d", tag, os.Getpid()%100000)
+	if prefix := os.Getenv(netnsPrefixEnv); prefix != "" {
+		name = prefix + "-" + name
+	}
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}

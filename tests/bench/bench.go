@@ -65,6 +65,8 @@ type Plan struct {
 const (
 	OursPrefix   = "bnours"
 	TheirsPrefix = "bntheirs"
+	// CeilingPrefix is that of the namespaces of section 4's BenchmarkStandbyFullSync.
+	CeilingPrefix = "bnceil"
 )
 
 // MakePlan expands a Config. The default run (5 runs) takes about 20 minutes on two cores.

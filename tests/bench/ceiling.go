@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +44,10 @@ func measureCeiling(ctx context.Context, c Config, p Plan, res *Results, logf lo
 	}
 	cmd := exec.CommandContext(ctx, bin, "-test.run", "^$", "-test.bench", "^BenchmarkStandbyFullSync$",
 		"-test.benchtime", fmt.Sprintf("%dx", n), "-test.count", strconv.Itoa(runs))
+	// Named so that CleanupStale finds them if this run is killed before the benchmark's
+	// cleanup; and the benchmark does not outlive the bench.
+	cmd.Env = append(os.Environ(), "APPLIANCE_TEST_NETNS_PREFIX="+CeilingPrefix)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	figs, perr := parseCeiling(out)
 	for _, f := range figs {

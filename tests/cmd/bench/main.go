@@ -89,7 +89,7 @@ func run() error {
 	} else if old != "" {
 		fmt.Fprintf(os.Stderr, "put back %s, which a previous run left raised\n", old)
 	}
-	if removed, err := bench.CleanupStale(bench.OursPrefix, bench.TheirsPrefix); err != nil {
+	if removed, err := bench.CleanupStale(bench.OursPrefix, bench.TheirsPrefix, bench.CeilingPrefix); err != nil {
 		return fmt.Errorf("remove a previous run's namespaces: %w", err)
 	} else if len(removed) > 0 {
 		fmt.Fprintf(os.Stderr, "removed namespaces a previous run left: %s\n", strings.Join(removed, " "))
