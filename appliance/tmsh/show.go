@@ -156,9 +156,16 @@ func (in *Interpreter) showConnections(ctx context.Context, s *Session, args []N
 	bw := bufio.NewWriterSize(w, 64<<10)
 	bw.WriteString("Sys::Connections\n")
 	n := 0
+	var flushed time.Time
 	err = in.core.Connections(ctx, f, func(c Connection) error {
 		n++
 		writeConnRow(bw, c, all)
+		// The first row goes out at once, and rows that trickle in (a filter matching few
+		// of a large table) within rowsLinger; the rest in 64 KB writes.
+		if n == 1 || time.Since(flushed) >= rowsLinger {
+			flushed = time.Now()
+			return flushThrough(bw, w)
+		}
 		return nil
 	})
 	if err != nil {
@@ -167,6 +174,21 @@ func (in *Interpreter) showConnections(ctx context.Context, s *Session, args []N
 	}
 	fmt.Fprintf(bw, "Total records returned: %d\n", n)
 	return bw.Flush()
+}
+
+// rowsLinger is the longest a listing keeps a row it has written before it sends it.
+const rowsLinger = 200 * time.Millisecond
+
+// flushThrough writes out what bw holds, and what w holds if it buffers too (an HTTP
+// response does).
+func flushThrough(bw *bufio.Writer, w io.Writer) error {
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if f, ok := w.(interface{ Flush() }); ok {
+		f.Flush()
+	}
+	return nil
 }
 
 func writeConnRow(w *bufio.Writer, c Connection, all bool) {

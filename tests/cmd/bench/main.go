@@ -101,12 +101,20 @@ func run() error {
 			return err
 		}
 		*bin = filepath.Join(root, "bin")
-		for _, args := range [][]string{
-			{"build", "-o", *bin + "/", "./appliance/cmd/applianced", "./shell/cmd/tmsh"},
-			{"test", "-c", "-o", filepath.Join(*bin, bench.CeilingTest), "./appliance/daemon"},
+		for _, step := range []struct {
+			env  string
+			args []string
+		}{
+			{"", []string{"build", "-o", *bin + "/", "./appliance/cmd/applianced"}},
+			{"CGO_ENABLED=0", []string{"build", "-o", *bin + "/", "./shell/cmd/tmsh"}}, // static, as make builds it
+			{"", []string{"test", "-c", "-o", filepath.Join(*bin, bench.CeilingTest), "./appliance/daemon"}},
 		} {
+			args := step.args
 			cmd := exec.CommandContext(ctx, "go", args...)
 			cmd.Dir = root
+			if step.env != "" {
+				cmd.Env = append(os.Environ(), step.env)
+			}
 			if out, err := cmd.CombinedOutput(); err != nil {
 				return fmt.Errorf("go %s: %w\n%s", args[0], err, out)
 			}
