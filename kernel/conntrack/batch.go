@@ -174,7 +174,14 @@ func (t *Table) injectGroup(flows []Flow, start int, errs *[]error, remove bool)
 	if b.keys == nil {
 		b.keys = make(map[flowKey]struct{}, batchFlows)
 	}
-	clear(b.keys)
+	// Only the last group's keys: clearing the map costs its capacity (batchFlows slots),
+	// which a steady load's groups of a few flows would pay each time.
+	for i := range b.items {
+		delete(b.keys, flowKey{b.items[i].f.Proto, b.items[i].f.Orig})
+	}
+	if len(b.keys) > 0 {
+		clear(b.keys) // a group must start with none
+	}
 	b.items = b.items[:0]
 	first := opCreate
 	if b.probe {
