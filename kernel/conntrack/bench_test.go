@@ -105,14 +105,14 @@ func BenchmarkDump(b *testing.B) {
 	b.ReportMetric(float64(m1.Mallocs-m0.Mallocs)/float64(n), "allocs/entry")
 }
 
-// BenchmarkInjectBatch measures InjectBatch in batches of 8 (a steady load's burst), 64, 256
-// and 1024 flows; an op is one flow. "new" creates distinct NATed flows; "existing" re-injects flows that exist
-// with the same binding (the steady state of a full sync onto a standby that has them);
-// "changed" re-injects them with another pool member, so each one is replaced. Each run
-// starts from a flushed table in a namespace of its own (the kernel frees the entries of
-// a deleted namespace in the background, which would skew the next run). Besides ns/op
-// it reports entries/s and the process's CPU time (user+system, which includes the
-// kernel's work in sendmsg) per flow.
+// BenchmarkInjectBatch measures InjectBatch in batches of 8 (a steady load's burst), 64,
+// 256 and 1024 flows; an op is one flow. "new" creates distinct NATed flows; "existing"
+// re-injects flows that exist with the same binding (the steady state of a full sync onto
+// a standby that has them); "changed" re-injects them with another pool member, so each
+// one is replaced. Each run starts from a flushed table in a namespace of its own (the
+// kernel frees the entries of a deleted namespace in the background, which would skew the
+// next run). Besides ns/op it reports entries/s and the process's CPU time (user+system,
+// which includes the kernel's work in sendmsg) per flow.
 func BenchmarkInjectBatch(b *testing.B) {
 	for _, mode := range []string{"new", "existing", "changed"} {
 		b.Run(mode, func(b *testing.B) {
