@@ -32,6 +32,9 @@ func BuildBinaries(prefix string) (dir, moduleRoot string, err error) {
 	for _, p := range []string{"appliance/cmd/applianced", "shell/cmd/tmsh"} {
 		cmd := exec.Command("go", "build", "-o", dir, "./"+p)
 		cmd.Dir = moduleRoot
+		if p == "shell/cmd/tmsh" {
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make builds it
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return "", "", fmt.Errorf("build %s: %w\n%s", p, err, out)
 		}
