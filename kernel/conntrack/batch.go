@@ -174,13 +174,15 @@ func (t *Table) injectGroup(flows []Flow, start int, errs *[]error, remove bool)
 	if b.keys == nil {
 		b.keys = make(map[flowKey]struct{}, batchFlows)
 	}
-	// Only the last group's keys: clearing the map costs its capacity (batchFlows slots),
-	// which a steady load's groups of a few flows would pay each time.
-	for i := range b.items {
-		delete(b.keys, flowKey{b.items[i].f.Proto, b.items[i].f.Orig})
+	// After a small group, delete its keys: clearing the map costs its capacity (batchFlows
+	// slots), which a steady load's groups of a few flows would pay each time.
+	if len(b.items) < batchFlows/16 {
+		for i := range b.items {
+			delete(b.keys, flowKey{b.items[i].f.Proto, b.items[i].f.Orig})
+		}
 	}
 	if len(b.keys) > 0 {
-		clear(b.keys) // a group must start with none
+		clear(b.keys)
 	}
 	b.items = b.items[:0]
 	first := opCreate
