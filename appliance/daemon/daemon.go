@@ -70,11 +70,12 @@ type Daemon struct {
 
 	roles roleRunner // the mirror sender (active) or receiver (standby)
 
-	overruns  atomic.Uint64 // conntrack event socket overruns
-	toActive  atomic.Uint64 // transitions into Active
-	toStandby atomic.Uint64 // transitions into Standby
-	tickled   atomic.Uint64 // connections tickled after takeovers
-	tickleAns atomic.Uint64 // endpoints that answered a tickle
+	overruns  atomic.Uint64               // conntrack event socket overruns
+	entries   atomic.Pointer[entryCounts] // mirrored entries by state, as the last dump counted them
+	toActive  atomic.Uint64               // transitions into Active
+	toStandby atomic.Uint64               // transitions into Standby
+	tickled   atomic.Uint64               // connections tickled after takeovers
+	tickleAns atomic.Uint64               // endpoints that answered a tickle
 
 	timeoutMu sync.Mutex
 	timeouts  map[[2]uint8]uint32 // conntrack state timeouts, read once

@@ -397,12 +397,19 @@ func (d *Daemon) snapshot(ctx context.Context, fn func(mirror.Flow) error) error
 	}
 	defer t.Close()
 	idx := d.mirror.Load()
-	return t.Dump(ctx, func(f conntrack.Flow) error {
+	var counts entryCounts
+	err = t.Dump(ctx, func(f conntrack.Flow) error {
 		if idx.mirrors(f) {
+			counts.add(f)
 			return fn(toMirror(f))
 		}
 		return nil
 	})
+	if err == nil {
+		counts.at = time.Now()
+		d.entries.Store(&counts)
+	}
+	return err
 }
 
 // flowWriter puts mirrored flows into this kernel.
@@ -652,17 +659,6 @@ func unackedTimeout() uint32 {
 	return uint32(n)
 }
 
-func tcpStateName(f conntrack.Flow) string {
-	if f.Proto != 6 {
-		return ""
-	}
-	names := []string{"NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT", "CLOSE", "SYN_SENT2"}
-	if int(f.TCPState) < len(names) {
-		return names[f.TCPState]
-	}
-	return fmt.Sprint(f.TCPState)
-}
-
 // offloadName is the Linux counterpart of BIG-IP's flow acceleration column: whether the
 // entry is offloaded to an nftables flowtable (IPS_OFFLOAD) or to hardware (IPS_HW_OFFLOAD).
 func offloadName(status uint32) string {
@@ -705,6 +701,11 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 		st.PeerState = fs.PeerState.String()
 		st.PeerLastHeard = fs.PeerLastHeard
 		st.Failovers = fs.Failovers
+		for _, c := range failover.FailoverCauses() {
+			if n := fs.FailoversByCause[c]; n > 0 {
+				st.FailoverCauses = append(st.FailoverCauses, tmsh.CauseCount{Cause: c.String(), Count: n})
+			}
+		}
 		st.HeartbeatsSent = fs.HeartbeatsSent
 		st.HeartbeatsRecv = fs.HeartbeatsReceived
 		if fs.Peer != "" && st.Peer == "" {
@@ -728,6 +729,9 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 
 func (d *Daemon) mirrorStatus() tmsh.MirrorStatus {
 	m := tmsh.MirrorStatus{Role: "none", Overruns: d.overruns.Load()}
+	if c := d.entries.Load(); c != nil {
+		m.Entries, m.EntriesAt = c.rows(), c.at
+	}
 	d.roles.statsMu.Lock()
 	sender, receiver := d.roles.sender, d.roles.receiver
 	d.roles.statsMu.Unlock()
@@ -736,6 +740,7 @@ func (d *Daemon) mirrorStatus() tmsh.MirrorStatus {
 		m.Role, m.Connected, m.FlowsSent, m.DeletesSent = "sender", ss.Connected, ss.FlowsSent, ss.DeletesSent
 		m.Syncs, m.QueueDepth, m.Overflows = ss.Syncs, ss.QueueLen, ss.Overflows
 		m.DigestsSent, m.ResyncsRequested = ss.DigestsSent, ss.ResyncsRequested
+		m.LagLast, m.LagMax = ss.LagLast, ss.LagMax
 		if ss.Peer.IsValid() {
 			m.Peer = ss.Peer.String()
 		}

@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/openappliance/appliance/ha/failover"
+	"github.com/openappliance/appliance/ha/mirror"
 )
 
 // Collector exports the daemon's figures to Prometheus. Values are read at scrape time
@@ -13,7 +16,7 @@ func (d *Daemon) Collector() prometheus.Collector { return Collector{d} }
 
 var (
 	descState          = prometheus.NewDesc("appliance_failover_state", "1 for the device's current failover state.", []string{"state"}, nil)
-	descFailovers      = prometheus.NewDesc("appliance_failovers_total", "Changes into or out of Active.", nil, nil)
+	descFailovers      = prometheus.NewDesc("appliance_failovers_total", "Changes into or out of Active, by cause: no_peer, peer_lost, peer_offline, peer_yielded, tie_break (going Active), forced, split_brain (going Standby).", []string{"cause"}, nil)
 	descTransitions    = prometheus.NewDesc("appliance_failover_transitions_total", "Transitions into a state, by state.", []string{"to"}, nil)
 	descPeerAlive      = prometheus.NewDesc("appliance_peer_alive", "1 when the peer's heartbeats arrive within failover.nettimeout.", nil, nil)
 	descHBSent         = prometheus.NewDesc("appliance_heartbeats_sent_total", "Heartbeat datagrams sent.", nil, nil)
@@ -36,6 +39,8 @@ var (
 	descRepairs        = prometheus.NewDesc("appliance_mirror_drift_repaired_total", "Drifts repaired by a full sync.", nil, nil)
 	descResyncReqs     = prometheus.NewDesc("appliance_mirror_resyncs_requested_total", "Full syncs requested by the standby.", []string{"role"}, nil)
 	descTickled        = prometheus.NewDesc("appliance_tickled_connections_total", "TCP connections tickled after a takeover, to resume without waiting for their retransmission back-off.", nil, nil)
+	descMirrorEntries  = prometheus.NewDesc("appliance_mirror_entries", "Mirrored entries in this device's kernel, by protocol and TCP state (none for UDP), as counted by the last dump of the table (full sync, digest or kernel check).", []string{"protocol", "state"}, nil)
+	descMirrorLag      = prometheus.NewDesc("appliance_mirror_lag_seconds", "Mirror lag samples: from the active queueing a change to the standby's kernel holding it, as the standby confirms (one trip back included).", nil, nil)
 	descTickleAnswers  = prometheus.NewDesc("appliance_tickle_answers_total", "Connection endpoints that answered a tickle's probe (two per connection when all do).", nil, nil)
 )
 
@@ -44,7 +49,7 @@ func (c Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descState, descFailovers, descTransitions, descPeerAlive, descHBSent, descHBRecv,
 		descHBMissed, descGARP, descOverruns, descMirrorConn, descMirrorSent, descMirrorDeletes, descMirrorSyncs,
 		descMirrorQueue, descMirrorOverflow, descMirrorHeld, descMirrorApplied, descMirrorErrors, descMirrorStale,
-		descDigests, descDrift, descRepairs, descResyncReqs, descTickled, descTickleAnswers} {
+		descDigests, descDrift, descRepairs, descResyncReqs, descTickled, descTickleAnswers, descMirrorLag, descMirrorEntries} {
 		ch <- d
 	}
 }
@@ -72,7 +77,9 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, s := range []string{"Offline", "Standby", "Active"} {
 			gauge(descState, boolean(st.State.String() == s), s)
 		}
-		counter(descFailovers, st.Failovers)
+		for _, c := range failover.FailoverCauses() {
+			counter(descFailovers, st.FailoversByCause[c], c.String())
+		}
 		gauge(descPeerAlive, boolean(st.PeerAlive))
 		counter(descHBSent, st.HeartbeatsSent)
 		counter(descHBRecv, st.HeartbeatsReceived)
@@ -84,6 +91,11 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descTickleAnswers, d.tickleAns.Load())
 	counter(descGARP, d.announcer.Sent())
 	counter(descOverruns, d.overruns.Load())
+	if c := d.entries.Load(); c != nil {
+		for _, r := range c.metricRows() {
+			gauge(descMirrorEntries, float64(r.Count), r.Protocol, metricState(r))
+		}
+	}
 	d.roles.statsMu.Lock()
 	sender, receiver := d.roles.sender, d.roles.receiver
 	d.roles.statsMu.Unlock()
@@ -97,6 +109,11 @@ func (c Collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descMirrorOverflow, ss.Overflows)
 		counter(descDigests, ss.DigestsSent, "sender")
 		counter(descResyncReqs, ss.ResyncsRequested, "sender")
+		buckets := make(map[float64]uint64, len(ss.LagBuckets))
+		for i, le := range mirror.LagBounds() {
+			buckets[le.Seconds()] = ss.LagBuckets[i]
+		}
+		ch <- prometheus.MustNewConstHistogram(descMirrorLag, ss.LagSamples, ss.LagSum.Seconds(), buckets)
 	}
 	if receiver != nil {
 		rs := receiver.Stats()

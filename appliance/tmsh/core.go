@@ -87,10 +87,26 @@ type FailoverStatus struct {
 	SyncSummary    string
 	Group          string
 	Failovers      uint64
+	// FailoverCauses counts the failovers by cause (such as peer_lost), in the order to
+	// print them; causes never seen are left out.
+	FailoverCauses []CauseCount
 	Mirror         MirrorStatus
 	HeartbeatsSent uint64
 	HeartbeatsRecv uint64
 	NetTimeout     time.Duration
+}
+
+// EntryCount is the number of mirrored entries of one protocol in one TCP state (State is
+// empty for UDP).
+type EntryCount struct {
+	Protocol, State string
+	Count           int
+}
+
+// CauseCount is the number of failovers that one cause made.
+type CauseCount struct {
+	Cause string
+	Count uint64
 }
 
 // MirrorStatus is the connection mirroring channel as show sys mirror prints it.
@@ -108,6 +124,15 @@ type MirrorStatus struct {
 	Applied      uint64
 	InjectErrors uint64
 	StaleDeleted uint64
+
+	// Sender: the mirror lag, from the queueing of a change to the standby's word that its
+	// kernel holds it (zero: no sample).
+	LagLast, LagMax time.Duration
+
+	// The mirrored entries of this device's kernel by protocol and TCP state, as counted
+	// by the last dump of the table (every digest interval), and when.
+	Entries   []EntryCount
+	EntriesAt time.Time
 
 	// Anti-entropy: the active sends digests of its table; the standby compares, reports
 	// drift and asks for a full sync to repair it.

@@ -270,6 +270,11 @@ func showSysFailover(w io.Writer, st FailoverStatus) error {
 	var b strings.Builder
 	header(&b, "Sys::Failover", 38)
 	fmt.Fprintf(&b, "Failover %s for %s\n", strings.ToLower(st.State), uptime(time.Since(st.Since)))
+	// Not in BIG-IP's output, which keeps failover causes in its logs only.
+	fmt.Fprintf(&b, "%-20s %d\n", "Failovers", st.Failovers)
+	for _, c := range st.FailoverCauses {
+		fmt.Fprintf(&b, "  %-18s %d\n", c.Cause, c.Count)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -329,6 +334,8 @@ func showSysMirror(w io.Writer, st FailoverStatus) error {
 		row("Full Syncs", m.Syncs)
 		row("Queue Depth", m.QueueDepth)
 		row("Queue Overflows", m.Overflows)
+		row("Lag Last", lagText(m.LagLast))
+		row("Lag Max (1 min)", lagText(m.LagMax))
 		row("Digests Sent", m.DigestsSent)
 		row("Resyncs Requested", m.ResyncsRequested)
 	case "receiver":
@@ -344,8 +351,31 @@ func showSysMirror(w io.Writer, st FailoverStatus) error {
 		row("Last Drift", stamp(m.LastDrift))
 	}
 	row("Event Overruns", m.Overruns)
+	if !m.EntriesAt.IsZero() {
+		// Counted by the last dump of the table, which a full sync, a digest or the
+		// standby's check of its kernel makes.
+		row("Entries Counted", stamp(m.EntriesAt))
+		for _, e := range m.Entries {
+			fmt.Fprintf(&b, "  %-4s %-13s %d\n", e.Protocol, orDash(e.State), e.Count)
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// lagText prints a lag sample to the ten microseconds; none for no sample.
+func lagText(d time.Duration) string {
+	if d <= 0 {
+		return "none"
+	}
+	return d.Round(10 * time.Microsecond).String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func orNone(s string) string {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // streamCore lists its connections one by one, letting the test look at what the client
@@ -50,5 +51,27 @@ func TestShowConnectionsSendsFirstRowAtOnce(t *testing.T) {
 	out.Flush()
 	if got := strings.Count(out.sent.String(), "\n"); got != 1+len(core.conns)+1 {
 		t.Errorf("sent %d lines in all:\n%s", got, out.sent.String())
+	}
+}
+
+// TestShowSysFailoverCauses: the failovers are counted by cause under BIG-IP's one line.
+func TestShowSysFailoverCauses(t *testing.T) {
+	st := (&fakeCore{}).Failover()
+	st.Since = time.Now().Add(-(26*time.Hour + 3*time.Minute + 4*time.Second))
+	var b strings.Builder
+	if err := showSysFailover(&b, st); err != nil {
+		t.Fatal(err)
+	}
+	want := `--------------------------------------
+Sys::Failover
+--------------------------------------
+Failover active for 1d 02:03:04
+Failovers            3
+  no_peer            1
+  peer_lost          1
+  forced             1
+`
+	if b.String() != want {
+		t.Errorf("show sys failover:\n%s\nwant:\n%s", b.String(), want)
 	}
 }

@@ -66,7 +66,12 @@ func (f *fakeCore) DeleteConnections(_ context.Context, flt ConnFilter) (int, er
 func (f *fakeCore) Failover() FailoverStatus {
 	return FailoverStatus{Device: "lb1", State: "Active", Since: time.Date(2026, 11, 23, 19, 0, 0, 0, time.UTC), Reason: "peer lb2 heartbeat lost",
 		Peer: "lb2", PeerState: "Standby", PeerAlive: true, LocalAddress: "192.168.77.2:1026", PeerAddress: "192.168.77.3:1026",
-		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1", NetTimeout: 500 * time.Millisecond}
+		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1", NetTimeout: 500 * time.Millisecond,
+		Failovers: 3, FailoverCauses: []CauseCount{{"no_peer", 1}, {"peer_lost", 1}, {"forced", 1}},
+		Mirror: MirrorStatus{Role: "sender", Peer: "192.168.77.3:1028", Connected: true, FlowsSent: 1200, DeletesSent: 200, Syncs: 1,
+			DigestsSent: 30, LagLast: 1234567 * time.Nanosecond, LagMax: 4 * time.Millisecond,
+			Entries: []EntryCount{{"tcp", "ESTABLISHED", 990}, {"tcp", "TIME_WAIT", 10}, {"udp", "", 7}},
+			EntriesAt: time.Date(2026, 11, 23, 19, 5, 0, 0, time.UTC)}}
 }
 func (f *fakeCore) ForceStandby(context.Context) error               { return fmt.Errorf("not active") }
 func (f *fakeCore) ConfigSync(_ context.Context, group string) error { return nil }

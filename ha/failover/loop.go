@@ -43,6 +43,7 @@ type loop struct {
 	replies     []reply     // ForceStandby answers, sent once the new state is published
 	transitions uint64
 	failovers   uint64
+	byCause     [NumCauses]uint64 // failovers by cause
 	lastErr     string
 
 	seq                            *atomic.Uint64 // shared with the pacer
@@ -103,6 +104,7 @@ type event struct {
 // transition is a hook call in flight.
 type transition struct {
 	from, to State
+	cause    Cause
 	reason   string
 	reply    chan error // ForceStandby's, or nil
 }
@@ -394,15 +396,15 @@ func (l *loop) evaluate(ctx context.Context, now time.Time) {
 	if l.pending != nil || ctx.Err() != nil {
 		return
 	}
-	if to, reason := next(l.state, v); to != l.state {
-		l.begin(ctx, to, reason, nil)
+	if to, cause, reason := next(l.state, v); to != l.state {
+		l.begin(ctx, to, cause, reason, nil)
 	}
 }
 
 // begin calls the hook for a transition in a goroutine of its own, so that heartbeats go on
 // while the daemon moves addresses; the result comes back on hookDone.
-func (l *loop) begin(ctx context.Context, to State, reason string, answer chan error) {
-	t := &transition{from: l.state, to: to, reason: reason, reply: answer}
+func (l *loop) begin(ctx context.Context, to State, cause Cause, reason string, answer chan error) {
+	t := &transition{from: l.state, to: to, cause: cause, reason: reason, reply: answer}
 	l.pending = t
 	l.logger.Debug("failover hook called", "from", t.from, "to", to, "reason", reason)
 	hooks, done := l.m.hooks, l.hookDone
@@ -447,11 +449,12 @@ func (l *loop) finish(ctx context.Context, res hookResult, now time.Time) {
 	l.transitions++
 	if from == StateActive || t.to == StateActive {
 		l.failovers++
+		l.byCause[t.cause]++
 	}
 	if t.to == StateActive {
 		l.yielding = false
 	}
-	l.logger.Info("failover state change", "from", from, "to", t.to, "reason", t.reason)
+	l.logger.Info("failover state change", "from", from, "to", t.to, "reason", t.reason, "cause", t.cause)
 	if t.reply != nil {
 		l.replies = append(l.replies, reply{t.reply, replyErr})
 	}
@@ -482,7 +485,7 @@ func (l *loop) force(ctx context.Context, answer chan error, now time.Time) {
 		return
 	}
 	l.yielding = true
-	l.begin(ctx, StateStandby, "forced to standby (run sys failover standby)", answer)
+	l.begin(ctx, StateStandby, CauseForced, "forced to standby (run sys failover standby)", answer)
 }
 
 // reconfigure applies the latest Config given to Reconfigure.
@@ -631,7 +634,7 @@ func (l *loop) publish() {
 		PeerAlive: l.peerAlive, PeerYielding: p.yielding, PeerPayload: p.payload,
 		HeartbeatsSent: l.sent + l.pacedSent(), HeartbeatsReceived: l.received, HeartbeatsMissed: l.missed,
 		HeartbeatsRejected: l.reject, Transitions: l.transitions, Failovers: l.failovers,
-		LastHookError: l.lastErr,
+		FailoversByCause: l.byCause, LastHookError: l.lastErr,
 	}
 	key := statusKey{state: st.State, reason: st.Reason, transitions: st.Transitions, yielding: st.Yielding,
 		peer: st.Peer, peerState: st.PeerState, peerAlive: st.PeerAlive, peerYielding: st.PeerYielding,

@@ -52,9 +52,11 @@ type Status struct {
 	HeartbeatsMissed   uint64 // gaps in the peer's sequence numbers: heartbeats lost or late
 	HeartbeatsRejected uint64 // garbage, or datagrams from an address that is not a peer
 
-	Transitions   uint64 // every change of State made by the machine, the start included
-	Failovers     uint64 // changes into or out of Active
-	LastHookError string // the latest hook error; "" once a hook succeeds again
+	Transitions uint64 // every change of State made by the machine, the start included
+	Failovers   uint64 // changes into or out of Active
+	// FailoversByCause counts them by cause (FailoverCauses); they add up to Failovers.
+	FailoversByCause [NumCauses]uint64
+	LastHookError    string // the latest hook error; "" once a hook succeeds again
 
 	// Version increases each time one of the fields that Subscribe reports on changes
 	// (everything but the counters and PeerLastHeard).

@@ -275,6 +275,11 @@ func TestMachineFakeClock(t *testing.T) {
 	if s := h.m.Status(); s.State != StateOffline || s.Reason != "stopped" || s.Transitions != 6 || s.Failovers != 5 {
 		t.Errorf("after Run: %s %q transitions=%d failovers=%d", s.State, s.Reason, s.Transitions, s.Failovers)
 	}
+	var byCause [NumCauses]uint64
+	byCause[CausePeerLost], byCause[CauseSplitBrain], byCause[CausePeerYielded], byCause[CauseForced] = 2, 1, 1, 1
+	if got := h.m.Status().FailoversByCause; got != byCause {
+		t.Errorf("failovers by cause %v, want %v", got, byCause)
+	}
 	if err := h.m.ForceStandby(); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("ForceStandby after Run = %v, want ErrNotRunning", err)
 	}

@@ -35,6 +35,40 @@ func (s State) String() string {
 
 func (s State) valid() bool { return s <= StateActive }
 
+// Cause classifies why the machine changes state; it labels the failover counters
+// (Status.FailoversByCause), where the reason's text is too varied to count by.
+type Cause uint8
+
+const (
+	CauseNone        Cause = iota // the state is kept
+	CauseStarting                 // Offline to Standby at the start
+	CauseNoPeer                   // no peer heard since the start: Active
+	CausePeerLost                 // the peer's heartbeats stopped: Active
+	CausePeerOffline              // the peer is heard but Offline: Active
+	CausePeerYielded              // the peer ran run sys failover standby: Active
+	CauseTieBreak                 // both Standby: the lower device name goes Active
+	CauseForced                   // run sys failover standby on this device: Standby
+	CauseSplitBrain               // both Active: the higher device name goes Standby
+	// NumCauses is the number of causes, the length of Status.FailoversByCause.
+	NumCauses
+)
+
+var causeNames = [NumCauses]string{"none", "starting", "no_peer", "peer_lost", "peer_offline",
+	"peer_yielded", "tie_break", "forced", "split_brain"}
+
+// String returns the cause's metric label, such as "peer_lost".
+func (c Cause) String() string {
+	if c < NumCauses {
+		return causeNames[c]
+	}
+	return "cause_" + strconv.Itoa(int(c))
+}
+
+// FailoverCauses are the causes of changes into or out of Active.
+func FailoverCauses() []Cause {
+	return []Cause{CauseNoPeer, CausePeerLost, CausePeerOffline, CausePeerYielded, CauseTieBreak, CauseForced, CauseSplitBrain}
+}
+
 // view is everything the transition function may look at: the facts one device has, at
 // one instant, about itself and its peer.
 type view struct {
@@ -61,9 +95,10 @@ type peerView struct {
 }
 
 // next is the transition function: given the current state and the facts, the state to be
-// in and why. It is pure, so both devices compute the same answer from the same facts
-// (the tie-breaks are by device name). A reason is returned even when the state is kept.
-func next(cur State, v view) (State, string) {
+// in, the cause of a change (CauseNone when the state is kept) and why. It is pure, so both
+// devices compute the same answer from the same facts (the tie-breaks are by device name).
+// A reason is returned even when the state is kept.
+func next(cur State, v view) (State, Cause, string) {
 	switch cur {
 	case StateStandby:
 		return standby(v)
@@ -76,8 +111,8 @@ func next(cur State, v view) (State, string) {
 
 // offline: Run has just started; BecomeStandby is called so that the kernel state is clean
 // whatever an earlier run left behind.
-func offline(view) (State, string) {
-	return StateStandby, "starting"
+func offline(view) (State, Cause, string) {
+	return StateStandby, CauseStarting, "starting"
 }
 
 // aloneWait is the least time a device listens before it concludes that no peer is there
@@ -88,60 +123,60 @@ func offline(view) (State, string) {
 // received.
 const aloneWait = time.Second
 
-func standby(v view) (State, string) {
+func standby(v view) (State, Cause, string) {
 	p := v.peer
 	wait := max(v.timeout, aloneWait)
 	waited := v.listening && v.listened >= wait
 	if !p.alive {
 		switch {
 		case !v.listening:
-			return StateStandby, "waiting for a heartbeat socket to bind"
+			return StateStandby, CauseNone, "waiting for a heartbeat socket to bind"
 		case p.name != "":
-			return StateActive, fmt.Sprintf("peer %s heartbeat lost after %s", p.name, v.timeout)
+			return StateActive, CausePeerLost, fmt.Sprintf("peer %s heartbeat lost after %s", p.name, v.timeout)
 		case !waited:
-			return StateStandby, fmt.Sprintf("waiting %s to hear a peer", wait)
+			return StateStandby, CauseNone, fmt.Sprintf("waiting %s to hear a peer", wait)
 		default:
-			return StateActive, fmt.Sprintf("no peer heard within %s", wait)
+			return StateActive, CauseNoPeer, fmt.Sprintf("no peer heard within %s", wait)
 		}
 	}
 	switch p.state {
 	case StateActive:
-		return StateStandby, fmt.Sprintf("peer %s is active", p.name)
+		return StateStandby, CauseNone, fmt.Sprintf("peer %s is active", p.name)
 	case StateOffline:
 		// The peer has just started; give it the same chance to become Standby that a
 		// silent peer gets, then take over (an Offline device cannot take traffic).
 		if !waited {
-			return StateStandby, fmt.Sprintf("peer %s is starting", p.name)
+			return StateStandby, CauseNone, fmt.Sprintf("peer %s is starting", p.name)
 		}
-		return StateActive, fmt.Sprintf("peer %s is offline", p.name)
+		return StateActive, CausePeerOffline, fmt.Sprintf("peer %s is offline", p.name)
 	}
 	// Both Standby. A yield is a fresh, deliberate act (run sys failover standby) and is
 	// followed at once; the tie-break waits until the peer's state has settled.
 	switch {
 	case v.yielding && !p.yielding:
-		return StateStandby, fmt.Sprintf("yielded to peer %s", p.name)
+		return StateStandby, CauseNone, fmt.Sprintf("yielded to peer %s", p.name)
 	case p.yielding && !v.yielding:
-		return StateActive, fmt.Sprintf("peer %s yielded", p.name)
+		return StateActive, CausePeerYielded, fmt.Sprintf("peer %s yielded", p.name)
 	}
 	if p.heardFor < v.settle {
-		return StateStandby, fmt.Sprintf("listening to peer %s", p.name)
+		return StateStandby, CauseNone, fmt.Sprintf("listening to peer %s", p.name)
 	}
 	if v.self < p.name {
-		return StateActive, fmt.Sprintf("tie-break: both standby, %s < %s", v.self, p.name)
+		return StateActive, CauseTieBreak, fmt.Sprintf("tie-break: both standby, %s < %s", v.self, p.name)
 	}
-	return StateStandby, fmt.Sprintf("tie-break: both standby, %s < %s", p.name, v.self)
+	return StateStandby, CauseNone, fmt.Sprintf("tie-break: both standby, %s < %s", p.name, v.self)
 }
 
-func active(v view) (State, string) {
+func active(v view) (State, Cause, string) {
 	p := v.peer
 	switch {
 	case !p.alive:
-		return StateActive, "no peer alive"
+		return StateActive, CauseNone, "no peer alive"
 	case p.state != StateActive:
-		return StateActive, fmt.Sprintf("peer %s is %s", p.name, p.state)
+		return StateActive, CauseNone, fmt.Sprintf("peer %s is %s", p.name, p.state)
 	case v.self > p.name:
-		return StateStandby, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, p.name, v.self)
+		return StateStandby, CauseSplitBrain, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, p.name, v.self)
 	default:
-		return StateActive, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, v.self, p.name)
+		return StateActive, CauseNone, fmt.Sprintf("split brain: peer %s is also active, %s < %s stays active", p.name, v.self, p.name)
 	}
 }

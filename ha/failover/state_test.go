@@ -10,6 +10,7 @@ import (
 
 type decision struct {
 	State  State
+	Cause  Cause
 	Reason string
 }
 
@@ -42,8 +43,8 @@ func TestNextStates(t *testing.T) {
 		want decision
 	}{
 		// Offline.
-		{"offline starts standby", StateOffline, view{self: "lb1", timeout: T}, decision{StateStandby, "starting"}},
-		{"offline starts standby whatever the peer", StateOffline, with(settled("lb1"), alive("lb2", StateStandby)), decision{StateStandby, "starting"}},
+		{"offline starts standby", StateOffline, view{self: "lb1", timeout: T}, decision{StateStandby, CauseStarting, "starting"}},
+		{"offline starts standby whatever the peer", StateOffline, with(settled("lb1"), alive("lb2", StateStandby)), decision{StateStandby, CauseStarting, "starting"}},
 
 		// Standby, a peer just heard: its Standby state is not yet acted on (a burst of
 		// heartbeats queued while the link was down arrives oldest first).
@@ -53,90 +54,90 @@ func TestNextStates(t *testing.T) {
 				v.settle = 200 * time.Millisecond
 				return v
 			}(),
-			decision{StateStandby, "listening to peer lb2"}},
+			decision{StateStandby, CauseNone, "listening to peer lb2"}},
 		{"standby, peer standby, settled", StateStandby,
 			func() view {
 				v := with(settled("lb1"), alive("lb2", StateStandby))
 				v.settle, v.peer.heardFor = 200*time.Millisecond, 200*time.Millisecond
 				return v
 			}(),
-			decision{StateActive, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateActive, CauseTieBreak, "tie-break: both standby, lb1 < lb2"}},
 		{"standby, peer active at once", StateStandby,
 			func() view {
 				v := with(settled("lb1"), alive("lb2", StateActive))
 				v.settle = 200 * time.Millisecond
 				return v
 			}(),
-			decision{StateStandby, "peer lb2 is active"}},
+			decision{StateStandby, CauseNone, "peer lb2 is active"}},
 
 		// Standby, no live peer.
 		{"standby before any socket is bound", StateStandby, view{self: "lb1", timeout: T},
-			decision{StateStandby, "waiting for a heartbeat socket to bind"}},
+			decision{StateStandby, CauseNone, "waiting for a heartbeat socket to bind"}},
 		{"standby during the initial wait", StateStandby, listened(settled("lb1"), T-time.Millisecond),
-			decision{StateStandby, "waiting 3s to hear a peer"}},
+			decision{StateStandby, CauseNone, "waiting 3s to hear a peer"}},
 		{"standby after the initial wait, nobody heard", StateStandby, listened(settled("lb1"), T),
-			decision{StateActive, "no peer heard within 3s"}},
+			decision{StateActive, CauseNoPeer, "no peer heard within 3s"}},
 		// A short timeout: a device that has just started still listens for aloneWait, long
 		// enough for both kernels to resolve each other's addresses (ARP).
 		{"short timeout: standby during the initial wait", StateStandby, timeout(listened(settled("lb1"), 500*time.Millisecond), 50*time.Millisecond),
-			decision{StateStandby, "waiting 1s to hear a peer"}},
+			decision{StateStandby, CauseNone, "waiting 1s to hear a peer"}},
 		{"short timeout: standby after aloneWait, nobody heard", StateStandby, timeout(listened(settled("lb1"), aloneWait), 50*time.Millisecond),
-			decision{StateActive, "no peer heard within 1s"}},
+			decision{StateActive, CauseNoPeer, "no peer heard within 1s"}},
 		{"short timeout: a peer heard and then lost is failed after the timeout", StateStandby,
 			timeout(listened(with(settled("lb1"), peerView{name: "lb2", state: StateActive}), 100*time.Millisecond), 50*time.Millisecond),
-			decision{StateActive, "peer lb2 heartbeat lost after 50ms"}},
+			decision{StateActive, CausePeerLost, "peer lb2 heartbeat lost after 50ms"}},
 		{"standby peer lost", StateStandby, with(settled("lb1"), peerView{name: "lb2", state: StateActive}),
-			decision{StateActive, "peer lb2 heartbeat lost after 3s"}},
+			decision{StateActive, CausePeerLost, "peer lb2 heartbeat lost after 3s"}},
 		{"standby peer lost, fractional timeout", StateStandby, with(timeout(settled("lb2"), 200*time.Millisecond), peerView{name: "lb1", state: StateActive}),
-			decision{StateActive, "peer lb1 heartbeat lost after 200ms"}},
+			decision{StateActive, CausePeerLost, "peer lb1 heartbeat lost after 200ms"}},
 		{"standby yielding, peer lost", StateStandby, with(selfYields(settled("lb2")), peerView{name: "lb1", state: StateStandby}),
-			decision{StateActive, "peer lb1 heartbeat lost after 3s"}},
+			decision{StateActive, CausePeerLost, "peer lb1 heartbeat lost after 3s"}},
 
 		// Standby, live peer.
 		{"standby peer active", StateStandby, with(settled("lb1"), alive("lb2", StateActive)),
-			decision{StateStandby, "peer lb2 is active"}},
+			decision{StateStandby, CauseNone, "peer lb2 is active"}},
 		{"restarted old active hears an active peer: no fail-back", StateStandby, with(listened(settled("lb1"), 0), alive("lb2", StateActive)),
-			decision{StateStandby, "peer lb2 is active"}},
+			decision{StateStandby, CauseNone, "peer lb2 is active"}},
 		{"standby peer active and still yielding", StateStandby, with(settled("lb1"), yielding(alive("lb2", StateActive))),
-			decision{StateStandby, "peer lb2 is active"}},
+			decision{StateStandby, CauseNone, "peer lb2 is active"}},
 		{"standby peer offline during the wait", StateStandby, with(listened(settled("lb2"), time.Second), alive("lb1", StateOffline)),
-			decision{StateStandby, "peer lb1 is starting"}},
+			decision{StateStandby, CauseNone, "peer lb1 is starting"}},
 		{"standby peer offline after the wait", StateStandby, with(settled("lb2"), alive("lb1", StateOffline)),
-			decision{StateActive, "peer lb1 is offline"}},
+			decision{StateActive, CausePeerOffline, "peer lb1 is offline"}},
 		{"standby yielding, peer standby", StateStandby, with(selfYields(settled("lb1")), alive("lb2", StateStandby)),
-			decision{StateStandby, "yielded to peer lb2"}},
+			decision{StateStandby, CauseNone, "yielded to peer lb2"}},
 		{"standby, peer yielded", StateStandby, with(settled("lb2"), yielding(alive("lb1", StateStandby))),
-			decision{StateActive, "peer lb1 yielded"}},
+			decision{StateActive, CausePeerYielded, "peer lb1 yielded"}},
 		{"standby, peer yielded, during the wait", StateStandby, with(listened(settled("lb2"), 0), yielding(alive("lb1", StateStandby))),
-			decision{StateActive, "peer lb1 yielded"}},
+			decision{StateActive, CausePeerYielded, "peer lb1 yielded"}},
 		{"tie-break: lower name goes active", StateStandby, with(settled("lb1"), alive("lb2", StateStandby)),
-			decision{StateActive, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateActive, CauseTieBreak, "tie-break: both standby, lb1 < lb2"}},
 		{"tie-break: higher name stays standby", StateStandby, with(settled("lb2"), alive("lb1", StateStandby)),
-			decision{StateStandby, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateStandby, CauseNone, "tie-break: both standby, lb1 < lb2"}},
 		{"tie-break needs no wait once the peer is heard", StateStandby, with(listened(settled("lb1"), 0), alive("lb2", StateStandby)),
-			decision{StateActive, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateActive, CauseTieBreak, "tie-break: both standby, lb1 < lb2"}},
 		{"tie-break: both yielding, lower", StateStandby, with(selfYields(settled("lb1")), yielding(alive("lb2", StateStandby))),
-			decision{StateActive, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateActive, CauseTieBreak, "tie-break: both standby, lb1 < lb2"}},
 		{"tie-break: both yielding, higher", StateStandby, with(selfYields(settled("lb2")), yielding(alive("lb1", StateStandby))),
-			decision{StateStandby, "tie-break: both standby, lb1 < lb2"}},
+			decision{StateStandby, CauseNone, "tie-break: both standby, lb1 < lb2"}},
 		{"tie-break compares bytes, not numbers", StateStandby, with(settled("lb10"), alive("lb9", StateStandby)),
-			decision{StateActive, "tie-break: both standby, lb10 < lb9"}},
+			decision{StateActive, CauseTieBreak, "tie-break: both standby, lb10 < lb9"}},
 
 		// Active.
-		{"active, no peer ever", StateActive, settled("lb1"), decision{StateActive, "no peer alive"}},
-		{"active, peer lost", StateActive, with(settled("lb2"), peerView{name: "lb1", state: StateActive}), decision{StateActive, "no peer alive"}},
-		{"active, peer standby", StateActive, with(settled("lb2"), alive("lb1", StateStandby)), decision{StateActive, "peer lb1 is Standby"}},
-		{"active, peer standby yielding", StateActive, with(settled("lb1"), yielding(alive("lb2", StateStandby))), decision{StateActive, "peer lb2 is Standby"}},
-		{"active, peer offline", StateActive, with(settled("lb1"), alive("lb2", StateOffline)), decision{StateActive, "peer lb2 is Offline"}},
+		{"active, no peer ever", StateActive, settled("lb1"), decision{StateActive, CauseNone, "no peer alive"}},
+		{"active, peer lost", StateActive, with(settled("lb2"), peerView{name: "lb1", state: StateActive}), decision{StateActive, CauseNone, "no peer alive"}},
+		{"active, peer standby", StateActive, with(settled("lb2"), alive("lb1", StateStandby)), decision{StateActive, CauseNone, "peer lb1 is Standby"}},
+		{"active, peer standby yielding", StateActive, with(settled("lb1"), yielding(alive("lb2", StateStandby))), decision{StateActive, CauseNone, "peer lb2 is Standby"}},
+		{"active, peer offline", StateActive, with(settled("lb1"), alive("lb2", StateOffline)), decision{StateActive, CauseNone, "peer lb2 is Offline"}},
 		{"split brain healed: lower stays active", StateActive, with(settled("lb1"), alive("lb2", StateActive)),
-			decision{StateActive, "split brain: peer lb2 is also active, lb1 < lb2 stays active"}},
+			decision{StateActive, CauseNone, "split brain: peer lb2 is also active, lb1 < lb2 stays active"}},
 		{"split brain healed: higher goes standby", StateActive, with(settled("lb2"), alive("lb1", StateActive)),
-			decision{StateStandby, "split brain: peer lb1 is also active, lb1 < lb2 stays active"}},
+			decision{StateStandby, CauseSplitBrain, "split brain: peer lb1 is also active, lb1 < lb2 stays active"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st, reason := next(tt.cur, tt.v)
-			if diff := cmp.Diff(tt.want, decision{st, reason}); diff != "" {
+			st, cause, reason := next(tt.cur, tt.v)
+			if diff := cmp.Diff(tt.want, decision{st, cause, reason}); diff != "" {
 				t.Errorf("next(%s, %+v) (-want +got):\n%s", tt.cur, tt.v, diff)
 			}
 		})
@@ -209,7 +210,7 @@ func step(d, p device) device {
 	}
 	v := view{self: d.name, yielding: d.yield, listening: true, listened: time.Minute, timeout: time.Second,
 		peer: peerView{name: p.name, alive: true, state: p.state, yielding: p.yield}}
-	d.state, _ = next(d.state, v)
+	d.state, _, _ = next(d.state, v)
 	if d.state == StateActive {
 		d.yield = false
 	}

@@ -25,7 +25,8 @@ const (
 	digestLen     = 4 + 8 + 8 // id, count, sum
 	resyncReqLen  = 1         // reason
 	digestReqLen  = 0
-	backFrameSize = lenPrefix + 1 + resyncReqLen // the largest back-channel frame
+	lagProbeLen   = 4                           // id, in both directions
+	backFrameSize = lenPrefix + 1 + lagProbeLen // the largest back-channel frame
 )
 
 // frameType is a frame's first body byte.
@@ -42,6 +43,10 @@ const (
 	// Back-channel frames, Receiver to Sender.
 	frameResyncRequest frameType = 8
 	frameDigestRequest frameType = 9
+	// The lag probe: the Sender asks, the Receiver answers once every change before the
+	// probe is in its kernel.
+	frameLagProbe frameType = 10
+	frameLagAck   frameType = 11
 )
 
 func (t frameType) String() string {
@@ -64,6 +69,10 @@ func (t frameType) String() string {
 		return "resync-request"
 	case frameDigestRequest:
 		return "digest-request"
+	case frameLagProbe:
+		return "lag-probe"
+	case frameLagAck:
+		return "lag-ack"
 	}
 	return fmt.Sprintf("frame-type-%d", uint8(t))
 }
@@ -113,6 +122,7 @@ type frame struct {
 	count  uint64 // sync-end: the number of upserts between sync-begin and sync-end
 	digest digestMsg
 	reason resyncReason // resync-request
+	probe  uint32       // lag-probe, lag-ack: the probe's id
 }
 
 // addrLen returns the address length for a family byte, 0 for an unknown family.
@@ -216,6 +226,12 @@ func appendResyncRequest(b []byte, r resyncReason) []byte {
 
 func appendDigestRequest(b []byte) []byte { return appendHeader(b, frameDigestRequest, digestReqLen) }
 
+// appendLagProbe appends a LagProbe (t frameLagProbe) or its answer (frameLagAck).
+func appendLagProbe(b []byte, t frameType, id uint32) []byte {
+	b = appendHeader(b, t, lagProbeLen)
+	return binary.BigEndian.AppendUint32(b, id)
+}
+
 // appendFrame appends any frame; the tests use it to round-trip decoded frames.
 func appendFrame(b []byte, fr *frame) ([]byte, error) {
 	switch fr.typ {
@@ -237,6 +253,8 @@ func appendFrame(b []byte, fr *frame) ([]byte, error) {
 		return appendResyncRequest(b, fr.reason), nil
 	case frameDigestRequest:
 		return appendDigestRequest(b), nil
+	case frameLagProbe, frameLagAck:
+		return appendLagProbe(b, fr.typ, fr.probe), nil
 	}
 	return b, fmt.Errorf("%w: unknown type %d", ErrMalformed, fr.typ)
 }
@@ -327,6 +345,11 @@ func decodeBody(body []byte, fr *frame) error {
 			return malformed(t, len(p))
 		}
 		fr.reason = resyncReason(p[0])
+	case frameLagProbe, frameLagAck:
+		if len(p) != lagProbeLen {
+			return malformed(t, len(p))
+		}
+		fr.probe = binary.BigEndian.Uint32(p)
 	default:
 		return fmt.Errorf("%w: unknown frame type %d", ErrMalformed, uint8(t))
 	}
@@ -438,5 +461,8 @@ func (e *encoder) syncEnd(id uint32, count uint64) error {
 func (e *encoder) keepalive() error { return e.write(appendKeepalive(e.buf[:0])) }
 func (e *encoder) digest(m digestMsg) error {
 	return e.write(appendDigest(e.buf[:0], m))
+}
+func (e *encoder) lagProbe(id uint32) error {
+	return e.write(appendLagProbe(e.buf[:0], frameLagProbe, id))
 }
 func (e *encoder) flush() error { return e.w.Flush() }

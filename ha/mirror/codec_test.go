@@ -51,12 +51,14 @@ func sampleFrames() map[string]frame {
 		"resync-request-table":  {typ: frameResyncRequest, reason: reasonTable},
 		"resync-request-future": {typ: frameResyncRequest, reason: 200},
 		"digest-request":        {typ: frameDigestRequest},
+		"lag-probe":             {typ: frameLagProbe, probe: 1},
+		"lag-ack":               {typ: frameLagAck, probe: 1<<32 - 1},
 	}
 }
 
 func TestCodecRoundTrip(t *testing.T) {
 	wantLen := map[string]int{"upsert-ipv4": 38, "upsert-ipv6": 86, "delete-ipv4": 17, "delete-ipv6": 41, "keepalive": 3,
-		"digest": 23, "resync-request": 4, "digest-request": 3}
+		"digest": 23, "resync-request": 4, "digest-request": 3, "lag-probe": 7, "lag-ack": 7}
 	for name, fr := range sampleFrames() {
 		t.Run(name, func(t *testing.T) {
 			b := mustAppend(t, &fr)
@@ -119,7 +121,9 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "resync-request without reason", in: withLen([]byte{byte(frameResyncRequest)}), want: ErrMalformed},
 		{name: "resync-request long", in: withLen([]byte{byte(frameResyncRequest), 1, 2}), want: ErrMalformed},
 		{name: "digest-request with payload", in: withLen([]byte{byte(frameDigestRequest), 0}), want: ErrMalformed},
-		{name: "type ten", in: withLen([]byte{10}), want: ErrMalformed},
+		{name: "lag-probe without id", in: withLen([]byte{byte(frameLagProbe)}), want: ErrMalformed},
+		{name: "lag-ack long", in: withLen([]byte{byte(frameLagAck), 1, 2, 3, 4, 5}), want: ErrMalformed},
+		{name: "type twelve", in: withLen([]byte{12}), want: ErrMalformed},
 	}
 	// Every strict prefix of every valid frame is a truncated frame.
 	for name := range valid {
@@ -184,7 +188,7 @@ func randomFrame(r *rand.Rand) frame {
 		Proto: byte(r.Uint32()), TCPState: byte(r.Uint32()), Timeout: r.Uint32(), Mark: r.Uint32(),
 		Orig: Tuple{addr(v6), addr(v6)}, Reply: Tuple{addr(v6), addr(v6)},
 	}
-	switch frameType(1 + r.IntN(9)) {
+	switch t := frameType(1 + r.IntN(11)); t {
 	case frameHello:
 		name := make([]byte, r.IntN(maxDeviceLen+1))
 		for i := range name {
@@ -205,6 +209,8 @@ func randomFrame(r *rand.Rand) frame {
 		return frame{typ: frameResyncRequest, reason: resyncReason(r.Uint32())}
 	case frameDigestRequest:
 		return frame{typ: frameDigestRequest}
+	case frameLagProbe, frameLagAck:
+		return frame{typ: t, probe: r.Uint32()}
 	default:
 		return frame{typ: frameKeepalive}
 	}

@@ -69,7 +69,7 @@
 //
 // One TCP connection from the Sender to the Receiver's mirror address, port 1028. The Sender
 // writes the stream; the Receiver writes back only the rare ResyncRequest and DigestRequest
-// frames, in the same framing. Each end drops a connection that carries a frame meant for the
+// frames and the answers to lag probes, in the same framing. Each end drops a connection that carries a frame meant for the
 // other direction. Frames, integers big-endian:
 //
 //	frame  = length:u16  type:u8  payload      length counts type+payload: 1..512
@@ -81,9 +81,11 @@
 //	type 5 SyncEnd    id:u32 count:u64        count = FlowUpserts since the SyncBegin with this id
 //	type 6 Keepalive  (empty)
 //	type 7 Digest     id:u32 count:u64 sum:u64   id counts from 1 on each connection
+//	type 10 LagProbe  id:u32
 //	back channel, Receiver to Sender:
 //	type 8 ResyncRequest  reason:u8              1 digest mismatch, 2 kernel table drift
 //	type 9 DigestRequest  (empty)
+//	type 11 LagAck        id:u32                 the LagProbe's, once the changes before it are written
 //
 //	endpoint = addr:4 bytes (family 4) or 16 bytes (family 6)  port:u16
 //
@@ -98,9 +100,16 @@
 // one whose data stays unacknowledged for five (TCP_USER_TIMEOUT), after which the Sender tries
 // the peer's addresses again in order. A Sender sends Digest frames only after the connection's
 // first full sync and never inside one; a Receiver drops a connection that does otherwise. The
-// frames of types 7 to 9 came after version 1 was first released, without a version change:
+// frames of types 7 to 11 came after version 1 was first released, without a version change:
 // both devices of a pair are upgraded together, and a Receiver that predates them drops the
-// connection at the first Digest.
+// connection at the first Digest or LagProbe.
+//
+// # Lag
+//
+// At most every 100ms while changes flow, the Sender follows a batch with a LagProbe; the
+// Receiver, which writes the changes before any frame but a Keepalive, answers it once they
+// are in its kernel. The time from the queueing of the batch's oldest change to the answer,
+// on the Sender's clock, is a sample of the mirror lag (SenderStats.Lag*; see lag.go).
 //
 // The decoder accepts exactly what the encoder writes (any other length, family or type is an
 // error wrapping ErrMalformed), reads a frame in place from its buffer, and never holds more than

@@ -1,6 +1,9 @@
 package mirror
 
-import "sync"
+import (
+	"sync"
+	"time"
+)
 
 type changeOp uint8
 
@@ -30,6 +33,7 @@ type queue struct {
 	index      map[packedKey]int // key -> position in items
 	spareItems []change          // the other buffer, given back by release
 	spareIndex map[packedKey]int
+	since      time.Time // when the oldest pending change was queued; zero when none is
 }
 
 func newQueue(maxLen int, pushWakes bool) *queue {
@@ -71,6 +75,9 @@ func (q *queue) push(c change) (overflowed bool) {
 		clear(q.index)
 		overflowed = true
 	}
+	if len(q.items) == 0 && q.since.IsZero() {
+		q.since = time.Now()
+	}
 	q.index[c.key] = len(q.items)
 	q.items = append(q.items, c)
 	q.mu.Unlock()
@@ -84,6 +91,7 @@ func (q *queue) push(c change) (overflowed bool) {
 type batch struct {
 	items []change
 	index map[packedKey]int
+	since time.Time // when its oldest change was queued
 }
 
 // take removes and returns every pending change, oldest key first.
@@ -93,8 +101,8 @@ func (q *queue) take() batch {
 	if len(q.items) == 0 {
 		return batch{}
 	}
-	b := batch{items: q.items, index: q.index}
-	q.items, q.index = q.spareItems, q.spareIndex
+	b := batch{items: q.items, index: q.index, since: q.since}
+	q.items, q.index, q.since = q.spareItems, q.spareIndex, time.Time{}
 	q.spareItems, q.spareIndex = nil, nil
 	if q.index == nil {
 		q.index = make(map[packedKey]int)
@@ -131,8 +139,8 @@ const maxSpare = 1 << 16
 // putBack requeues changes that were taken but not written (the connection failed), ahead of
 // those queued since, skipping keys that have a newer change queued. If that would exceed max,
 // it keeps only the newer changes: a reconnection always starts with a full sync, which carries
-// the current state of every key anyway.
-func (q *queue) putBack(rest []change) {
+// the current state of every key anyway. since is when the oldest of rest was queued.
+func (q *queue) putBack(rest []change, since time.Time) {
 	if len(rest) == 0 {
 		return
 	}
@@ -140,6 +148,9 @@ func (q *queue) putBack(rest []change) {
 	defer q.mu.Unlock()
 	if len(rest)+len(q.items) > q.max {
 		return
+	}
+	if q.since.IsZero() || since.Before(q.since) {
+		q.since = since
 	}
 	items := make([]change, 0, len(rest)+len(q.items))
 	for _, c := range rest {

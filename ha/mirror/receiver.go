@@ -509,6 +509,10 @@ func (l *link) handle(fr *frame) error {
 		}
 	case frameDigest:
 		return l.onDigest(fr.digest)
+	case frameLagProbe:
+		// Every change before the probe is in the kernel now (flushed above).
+		var buf [backFrameSize]byte
+		return l.send(appendLagProbe(buf[:0], frameLagAck, fr.probe))
 	case frameHello:
 		return fmt.Errorf("%w: second hello", ErrProtocol)
 	default: // back-channel frames, which only a Receiver sends

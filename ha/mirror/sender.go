@@ -78,6 +78,14 @@ type SenderStats struct {
 	DigestRequests   uint64    // early digests the peer asked for (after a mismatch)
 	ResyncsRequested uint64    // full syncs the peer asked for (it found drift); each was sent
 	LastDigest       time.Time // when the last Digest was written, zero if none yet
+
+	// Mirror lag (lag.go): from the queueing of a change to the peer's word that its kernel
+	// has it, sampled about ten times a second while changes flow.
+	LagSamples uint64
+	LagSum     time.Duration // of every sample
+	LagLast    time.Duration // the latest sample, 0 if none yet
+	LagMax     time.Duration // the highest sample of the last minute, 0 if none
+	LagBuckets []uint64      // cumulative: samples at most LagBounds()[i]
 }
 
 // Sender streams the active device's flows to its peer. Create it with NewSender and start Run
@@ -112,6 +120,8 @@ type Sender struct {
 	window   map[uint64]windowChange // keyHash -> the last change sent since the snapshot began
 
 	lastDigest atomic.Int64 // unix nanoseconds of the last Digest, 0 if none
+
+	lag *lagMeter
 
 	flowsSent, deletesSent, syncs, overflows, invalid atomic.Uint64
 	digestsSent, digestRequests, resyncsRequested     atomic.Uint64
@@ -159,6 +169,7 @@ func NewSender(cfg SenderConfig) *Sender {
 		window:          make(map[uint64]windowChange),
 		redial:          make(chan struct{}, 1),
 		freeMemory:      debug.FreeOSMemory,
+		lag:             newLagMeter(lagProbeEvery),
 	}
 }
 
@@ -238,7 +249,7 @@ func (s *Sender) writeDirect() bool {
 		return true
 	}
 	p.w.noWait = true
-	err := s.sendBatch(p.enc, b.items)
+	err := s.sendBatch(p.enc, b)
 	if err == nil {
 		err = p.enc.flush()
 	}
@@ -280,6 +291,7 @@ func (s *Sender) Stats() SenderStats {
 	if t := s.lastDigest.Load(); t != 0 {
 		st.LastDigest = time.Unix(0, t)
 	}
+	s.lag.stats(&st, time.Now())
 	s.mu.Lock()
 	st.Connected, st.Peer, st.LastError = s.connected, s.peer, s.lastErr
 	s.mu.Unlock()
@@ -432,15 +444,17 @@ func (s *Sender) dial(ctx context.Context, failures *int) (conn net.Conn, peer n
 // serve runs one connection until it fails or ctx ends, and closes it.
 func (s *Sender) serve(ctx context.Context, conn net.Conn) error {
 	tuneConn(conn)
+	s.lag.forget() // a probe of the last connection is never answered
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	// Closing the connection is what interrupts a blocked write when ctx ends or the peer goes.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	// The back channel: the peer sends only ResyncRequest and DigestRequest frames, rarely. A
-	// read also returns when the peer closes the connection or it fails, and that should stop
-	// us at once rather than at the next failed write.
+	// The back channel: the peer sends ResyncRequest and DigestRequest frames, rarely, and
+	// answers lag probes, ten times a second at most. A read also returns when the peer
+	// closes the connection or it fails, and that should stop us at once rather than at the
+	// next failed write.
 	var wg sync.WaitGroup
 	wg.Go(func() { cancel(s.readBack(conn)) })
 
@@ -479,6 +493,12 @@ func (s *Sender) readBack(conn net.Conn) error {
 			s.log.Debug("peer asks for an early digest")
 			s.digestReq.Store(true)
 			s.q.signal()
+		case frameLagAck:
+			if lag, warn, ok := s.lag.answer(fr.probe, time.Now()); warn {
+				s.log.Warn("mirror lag high: the standby's kernel holds changes late", "lag", lag)
+			} else if !ok {
+				s.log.Debug("answer to no lag probe in flight", "probe", fr.probe)
+			}
 		default:
 			return fmt.Errorf("%w: peer sent %v", ErrProtocol, fr.typ)
 		}
@@ -582,7 +602,7 @@ func (s *Sender) stream(ctx context.Context, enc *encoder, w *deadlineWriter) er
 			}
 			continue
 		}
-		err := s.sendBatch(enc, b.items)
+		err := s.sendBatch(enc, b)
 		s.release(b)
 		if err != nil {
 			return err
@@ -593,8 +613,10 @@ func (s *Sender) stream(ctx context.Context, enc *encoder, w *deadlineWriter) er
 // digestQueueEvery is how many dumped entries a digest reads between two looks at the queue.
 const digestQueueEvery = 128
 
-// sendBatch writes queued changes; on a write error it puts the unwritten ones back.
-func (s *Sender) sendBatch(enc *encoder, items []change) error {
+// sendBatch writes queued changes, and a lag probe after them when one is due; on a write
+// error it puts the unwritten changes back.
+func (s *Sender) sendBatch(enc *encoder, b batch) error {
+	items := b.items
 	for i := range items {
 		c := &items[i]
 		var err error
@@ -604,13 +626,18 @@ func (s *Sender) sendBatch(enc *encoder, items []change) error {
 			err = enc.delete(c.flow.Key())
 		}
 		if err != nil {
-			s.q.putBack(items[i:])
+			s.q.putBack(items[i:], b.since)
 			return fmt.Errorf("send %v: %w", c.flow.Orig, err)
 		}
 		if c.op == opUpsert {
 			s.flowsSent.Add(1)
 		} else {
 			s.deletesSent.Add(1)
+		}
+	}
+	if id, ok := s.lag.probe(b.since, time.Now()); ok {
+		if err := enc.lagProbe(id); err != nil {
+			return fmt.Errorf("send lag probe: %w", err)
 		}
 	}
 	return nil
@@ -730,7 +757,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 			}
 			s.window[keyHash(&c.key)] = wc
 		}
-		err := s.sendBatch(enc, b.items)
+		err := s.sendBatch(enc, b)
 		s.release(b)
 		if err != nil {
 			return err

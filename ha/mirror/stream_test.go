@@ -382,7 +382,7 @@ func TestQueueKeepsTCPState(t *testing.T) {
 		t.Errorf("states after coalescing: %v, want [2 4]", got)
 	}
 	push(0, TCPStateUnknown)
-	q.putBack(b.items)
+	q.putBack(b.items, b.since)
 	q.release(b)
 	// The put-back key goes first; the newer change of key 0 keeps its place after it.
 	if got := states(q.take()); !slices.Equal(got, []uint8{4, 2}) {
@@ -607,7 +607,7 @@ func TestQueueOrder(t *testing.T) {
 	b = q.take()
 	push(opUpsert, 6, 1)
 	push(opUpsert, 5, 2)
-	q.putBack(b.items)
+	q.putBack(b.items, b.since)
 	q.release(b)
 	got = nil
 	for _, c := range q.take().items {

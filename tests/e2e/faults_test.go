@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -183,7 +184,29 @@ func TestFaultChannels(t *testing.T) {
 		`appliance_mirror_flows_sent_total`,
 		`appliance_garp_sent_total`,
 		`appliance_heartbeats_received_total`,
+		`appliance_failovers_total{cause="peer_lost"} 0`,
+		`appliance_mirror_lag_seconds_bucket{le="0.005"}`,
 	})
+	// The mirror lag was sampled while the connections opened, and the entries by state
+	// are counted at each digest (every 500ms here) on both devices.
+	l.waitFor(10*time.Second, "lag samples and entries by state on the active", func() (bool, string) {
+		body := l.scrapeMetrics(active, "192.168.77.2:9410")
+		lag := metricValue(body, `appliance_mirror_lag_seconds_count`)
+		est := metricValue(body, `appliance_mirror_entries{protocol="tcp",state="established"}`)
+		return lag > 0 && est == flowCount, fmt.Sprintf("%v lag samples, %v established entries", lag, est)
+	})
+	for _, d := range []*labnet.Device{active, standby} {
+		l.waitFor(10*time.Second, d.Name+" show sys mirror counting the entries", func() (bool, string) {
+			out, _ := l.Tmsh(d, "show sys mirror")
+			want := fmt.Sprintf("tcp  ESTABLISHED   %d\n", flowCount)
+			return strings.Contains(out, want), out
+		})
+	}
+	if out, _ := l.Tmsh(active, "show sys mirror"); strings.Contains(out, "Lag Last             none") {
+		t.Errorf("no lag sample on the active after %d connections:\n%s", flowCount, out)
+	} else {
+		t.Logf("active's show sys mirror:\n%s", out)
+	}
 
 	// The mirror link is cut while new connections open, then restored.
 	l.blockMirror(active, true)
@@ -238,6 +261,9 @@ func TestFaultChannels(t *testing.T) {
 	}
 	active.Kill()
 	l.waitState(standby, "ACTIVE", 15*time.Second)
+	if out, err := l.Tmsh(standby, "show sys failover"); err != nil || !regexp.MustCompile(`(?m)^  peer_lost +[1-9]`).MatchString(out) {
+		t.Errorf("%s's show sys failover does not count the failover as peer_lost (%v):\n%s", standby.Name, err, out)
+	}
 	l.progressing(all, "the failover")
 	out := settle(all)
 	t.Logf("after overrun, mirror link cut and standby restart, failover: kept %d/%d connections", out.Kept, out.Total)
@@ -267,6 +293,31 @@ func (l *lab) mirrorFigure(d *labnet.Device, name string) int {
 // checkMetrics scrapes /metrics inside d's namespace and looks for each line prefix.
 func (l *lab) checkMetrics(d *labnet.Device, addr string, want []string) {
 	l.t.Helper()
+	body := l.scrapeMetrics(d, addr)
+	for _, w := range want {
+		if !strings.Contains(body, "\n"+w) {
+			l.t.Errorf("%s /metrics lacks %q", d.Name, w)
+		}
+	}
+}
+
+// metricValue returns the value of the series named exactly (labels included) in a scrape,
+// or -1 if there is none.
+func metricValue(body, series string) float64 {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+// scrapeMetrics returns the body of d's /metrics, read inside its namespace.
+func (l *lab) scrapeMetrics(d *labnet.Device, addr string) string {
+	l.t.Helper()
 	var body string
 	err := labnet.Do(d.NS, func() error {
 		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
@@ -283,11 +334,7 @@ func (l *lab) checkMetrics(d *labnet.Device, addr string, want []string) {
 	if err != nil {
 		l.t.Fatalf("scrape %s metrics: %v", d.Name, err)
 	}
-	for _, w := range want {
-		if !strings.Contains(body, "\n"+w) {
-			l.t.Errorf("%s /metrics lacks %q", d.Name, w)
-		}
-	}
+	return body
 }
 
 // antiEntropy deletes the standby's mirrored entries behind its daemon's back: the next
