@@ -678,7 +678,8 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 	d.mu.Lock()
 	fsm := d.fsm
 	d.mu.Unlock()
-	st := tmsh.FailoverStatus{Device: cfg.Local.Device.Name, State: "Offline", NetTimeout: cfg.NetTimeout()}
+	st := tmsh.FailoverStatus{Device: cfg.Local.Device.Name, State: "Offline", NetTimeout: cfg.NetTimeout(),
+		GARPsSent: d.announcer.Sent()}
 	if len(cfg.Local.Device.UnicastAddresses) > 0 {
 		st.LocalAddress = netip.AddrPortFrom(cfg.Local.Device.UnicastAddresses[0], HeartbeatPort).String()
 	}
@@ -708,6 +709,7 @@ func (d *Daemon) Failover() tmsh.FailoverStatus {
 		}
 		st.HeartbeatsSent = fs.HeartbeatsSent
 		st.HeartbeatsRecv = fs.HeartbeatsReceived
+		st.HeartbeatsLost = fs.HeartbeatsMissed
 		if fs.Peer != "" && st.Peer == "" {
 			st.Peer = fs.Peer
 		}

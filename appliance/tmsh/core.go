@@ -93,6 +93,8 @@ type FailoverStatus struct {
 	Mirror         MirrorStatus
 	HeartbeatsSent uint64
 	HeartbeatsRecv uint64
+	HeartbeatsLost uint64 // gaps in the peer's sequence: heartbeats lost or late
+	GARPsSent      uint64 // gratuitous ARPs and unsolicited neighbour advertisements
 	NetTimeout     time.Duration
 }
 

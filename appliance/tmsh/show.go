@@ -275,6 +275,10 @@ func showSysFailover(w io.Writer, st FailoverStatus) error {
 	for _, c := range st.FailoverCauses {
 		fmt.Fprintf(&b, "  %-18s %d\n", c.Cause, c.Count)
 	}
+	fmt.Fprintf(&b, "%-20s %d\n", "Heartbeats Sent", st.HeartbeatsSent)
+	fmt.Fprintf(&b, "%-20s %d\n", "Heartbeats Received", st.HeartbeatsRecv)
+	fmt.Fprintf(&b, "%-20s %d\n", "Heartbeats Lost", st.HeartbeatsLost)
+	fmt.Fprintf(&b, "%-20s %d\n", "GARPs Sent", st.GARPsSent)
 	_, err := io.WriteString(w, b.String())
 	return err
 }

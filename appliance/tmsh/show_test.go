@@ -70,6 +70,10 @@ Failovers            3
   no_peer            1
   peer_lost          1
   forced             1
+Heartbeats Sent      7200
+Heartbeats Received  7190
+Heartbeats Lost      4
+GARPs Sent           12
 `
 	if b.String() != want {
 		t.Errorf("show sys failover:\n%s\nwant:\n%s", b.String(), want)

@@ -67,6 +67,7 @@ func (f *fakeCore) Failover() FailoverStatus {
 	return FailoverStatus{Device: "lb1", State: "Active", Since: time.Date(2026, 11, 23, 19, 0, 0, 0, time.UTC), Reason: "peer lb2 heartbeat lost",
 		Peer: "lb2", PeerState: "Standby", PeerAlive: true, LocalAddress: "192.168.77.2:1026", PeerAddress: "192.168.77.3:1026",
 		SyncStatus: "In Sync", SyncSummary: "All devices in the device group are in sync", Group: "dg1", NetTimeout: 500 * time.Millisecond,
+		HeartbeatsSent: 7200, HeartbeatsRecv: 7190, HeartbeatsLost: 4, GARPsSent: 12,
 		Failovers: 3, FailoverCauses: []CauseCount{{"no_peer", 1}, {"peer_lost", 1}, {"forced", 1}},
 		Mirror: MirrorStatus{Role: "sender", Peer: "192.168.77.3:1028", Connected: true, FlowsSent: 1200, DeletesSent: 200, Syncs: 1,
 			DigestsSent: 30, LagLast: 1234567 * time.Nanosecond, LagMax: 4 * time.Millisecond,
