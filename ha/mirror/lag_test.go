@@ -70,13 +70,7 @@ func TestLagMeter(t *testing.T) {
 func TestLagMeasured(t *testing.T) {
 	checkGoroutines(t)
 	const slow = 40 * time.Millisecond
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	s := newTestSender(t, tr, r.Addrs()...)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
+	tr, table, r, s := syncedPair(t, 10)
 	if st := s.Stats(); st.LagSamples != 0 {
 		t.Fatalf("%d lag samples before any change: a full sync alone is no sample", st.LagSamples)
 	}

@@ -131,6 +131,20 @@ func TestStreamConverges(t *testing.T) {
 	}
 }
 
+// syncedPair connects a sender of n flows to a receiver over loopback, both running until
+// the test ends, and waits for the first full sync to land.
+func syncedPair(t *testing.T, n int) (*truth, *fakeTable, *Receiver, *Sender) {
+	t.Helper()
+	table := newFakeTable()
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	tr := newTruth(flows(0, n)...)
+	s := newTestSender(t, tr, r.Addrs()...)
+	goRun(t, s.Run)
+	waitConverged(t, tr, table, r)
+	return tr, table, r, s
+}
+
 // pairWithStoppedReceiver connects a sender (its test config changed by adjust, if not nil)
 // to a receiver, syncs n flows, then stops the receiver and waits until the sender has
 // noticed; startReceiver(t, r) brings the receiver back on the same address.
@@ -626,13 +640,7 @@ func TestQueueOrder(t *testing.T) {
 // TestResync: Resync sends a second full sync on the same connection.
 func TestResync(t *testing.T) {
 	checkGoroutines(t)
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 100)...)
-	s := newTestSender(t, tr, r.Addrs()...)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
+	tr, table, r, s := syncedPair(t, 100)
 	tr.remove(testFlow(0).Key()) // an event lost in an overrun
 	s.Resync()
 	waitFor(t, testTimeout, func() bool { return r.Stats().Syncs == 2 }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
@@ -873,13 +881,7 @@ func TestReceiverBindRetry(t *testing.T) {
 // injected before.
 func TestForget(t *testing.T) {
 	checkGoroutines(t)
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 50)...)
-	s := newTestSender(t, tr, r.Addrs()...)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
+	tr, table, r, s := syncedPair(t, 50)
 	r.Forget()
 	if n := r.Flows(); n != 0 {
 		t.Fatalf("%d flows held after Forget", n)
