@@ -710,7 +710,8 @@ func (s *Sender) fullSync(ctx context.Context, enc *encoder) error {
 
 // digestSettle is how long the Sender waits between the end of a digest's snapshot and taking
 // the queue for the last time: the conntrack event of a change that the dump already saw should
-// be queued by then (events trail the kernel's change by microseconds; see doc.go).
+// be queued by then (events trail the kernel's change by microseconds; see doc.go). Changes
+// queued meanwhile are sent as they come.
 const digestSettle = 20 * time.Millisecond
 
 // dumpedFlow is one flow of a digest's snapshot: 16 bytes, no pointers.
@@ -814,8 +815,24 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	if err != nil {
 		return fmt.Errorf("digest: %w", err)
 	}
-	if !sleepCtx(ctx, s.digestSettle) {
-		return context.Cause(ctx)
+	// The settle is no pause of the stream: changes go out as they come (into the window),
+	// or every digest would hold a burst's changes back for the settle's length.
+	settle := time.NewTimer(s.digestSettle)
+	defer settle.Stop()
+	for settling := true; settling; {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-settle.C:
+			settling = false
+		case <-s.q.wake:
+			if s.resync.Load() {
+				return errRestartSync
+			}
+			if err := sendQueue(); err != nil {
+				return err
+			}
+		}
 	}
 	if s.resync.Load() {
 		return errRestartSync
