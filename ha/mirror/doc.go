@@ -29,12 +29,14 @@
 //     Digest: the number of flows and the sum (mod 2^64) of XXH64 over each flow's key and reply
 //     tuple (state, timeout and mark change all the time and do not count). The dump is not
 //     atomic, so the Sender keeps sending changes while it runs, remembers the last change sent
-//     for each key meanwhile, waits 20ms for late events, sends the queue once more and then
-//     counts the dumped flows of unchanged keys plus the latest state of the changed ones: the
-//     digest of its table as of the last change before the Digest frame, exactly what the
-//     Receiver holds when it reads that frame. Churn therefore causes no mismatch; one can come
-//     only from an event that trails its change by more than those 20ms, or from a dump that
-//     repeats or skips an entry (the kernel's table resizing under it).
+//     for each key meanwhile, waits 20ms for late events (still sending changes as they come),
+//     sends the queue once more and then counts the dumped flows of unchanged keys plus the
+//     latest state of the changed ones: the digest of its table as of the last change before
+//     the Digest frame, exactly what the Receiver holds when it reads that frame. Churn
+//     therefore causes no mismatch; one can come only from an event that trails its change by
+//     more than those 20ms (a burst of thousands of expiries that the event reader is still
+//     reading), or from a dump that repeats or skips an entry (the kernel's table resizing
+//     under it).
 //   - The Receiver keeps the same digest of what it holds (a 64-bit hash per key, updated at
 //     every write, so comparing costs nothing). A mismatch makes it ask for a confirmation
 //     (DigestRequest), which the Sender answers at once; a second mismatch running is drift:
