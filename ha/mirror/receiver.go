@@ -1008,10 +1008,10 @@ func (l *link) startCheck() {
 	r.touched = make(map[packedKey]struct{})
 	r.mu.Unlock()
 	rd := l.rd
-	go func() {
+	go runInBackground(func() {
 		kc.done <- r.runCheck(ctx, kc.id)
 		rd.wake() // the stream goroutine may be waiting for the next frame
-	}()
+	})
 	l.check = kc
 }
 

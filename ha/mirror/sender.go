@@ -24,11 +24,12 @@ type SenderConfig struct {
 	// mirror-secondary-ip:1028 (the fallback path).
 	Peers []netip.AddrPort
 	// Snapshot calls fn for every flow to mirror (the daemon has already filtered them), one call
-	// at a time, and stops and returns fn's error (wrapped or not) when fn returns one. It is
-	// called from the Sender's goroutine, once per full sync and once per digest (see
-	// DigestInterval), never twice at once; it must not call Sender methods
-	// other than Upsert, Delete, Resync and Stats, and must not stall for longer than a few
-	// seconds between flows (the peer drops a silent connection).
+	// at a time, and stops and returns fn's error (wrapped or not) when fn returns one, or
+	// when ctx ends. The Sender calls it once per full sync and once per digest (see
+	// DigestInterval), never twice at once, a digest's from a goroutine of its own; it must
+	// not call Sender methods other than Upsert, Delete, Resync and Stats, and must not stall
+	// for longer than a few seconds between flows during a full sync (the peer drops a silent
+	// connection).
 	Snapshot func(ctx context.Context, fn func(Flow) error) error
 	// Logger receives the Sender's logs; nil discards them.
 	Logger *slog.Logger
@@ -610,9 +611,6 @@ func (s *Sender) stream(ctx context.Context, enc *encoder, w *deadlineWriter) er
 	}
 }
 
-// digestQueueEvery is how many dumped entries a digest reads between two looks at the queue.
-const digestQueueEvery = 128
-
 // sendBatch writes queued changes, and a lag probe after them when one is due; on a write
 // error it puts the unwritten changes back.
 func (s *Sender) sendBatch(enc *encoder, b batch) error {
@@ -743,7 +741,6 @@ type windowChange struct {
 // It returns errRestartSync, having sent no digest, when a full sync becomes due meanwhile.
 func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	start := time.Now()
-	dumped := s.dumped[:0]
 	clear(s.window)
 	sendQueue := func() error {
 		b := s.q.take()
@@ -765,50 +762,72 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 		}
 		return enc.flush()
 	}
-	// As in a full sync: keep the stream alive during a long snapshot.
-	var due atomic.Bool
-	tm := time.AfterFunc(s.keepalive, func() { due.Store(true) })
-	defer tm.Stop()
-
-	restarted := false
-	n := 0
-	err := s.cfg.Snapshot(ctx, func(f Flow) error {
-		if s.resync.Load() {
-			restarted = true
-			return errRestartSync
-		}
-		// Send what was queued meanwhile, so that mirroring lags no more than usual: the
-		// kernel dumps about 200k entries a second, so this looks every half millisecond.
-		if n++; n%digestQueueEvery == 0 && s.q.len() > 0 {
-			if err := sendQueue(); err != nil {
-				return err
+	// The snapshot runs in a goroutine of its own, at the lowest priority, while this one
+	// goes on streaming the changes as they come: a stream that waited for the dump's next
+	// flow went at the kernel's pace of dumping, and held a burst of changes back as long.
+	dumpCtx, cancelDump := context.WithCancel(ctx)
+	defer cancelDump()
+	type dumpResult struct {
+		dumped []dumpedFlow
+		err    error
+	}
+	done := make(chan dumpResult, 1)
+	go runInBackground(func() {
+		dumped := s.dumped[:0]
+		err := s.cfg.Snapshot(dumpCtx, func(f Flow) error {
+			if s.resync.Load() {
+				return errRestartSync
 			}
-		}
-		if due.Load() {
-			due.Store(false)
+			fam, err := flowFamily(&f)
+			if err != nil {
+				return nil // never mirrored (a full sync counts it as invalid)
+			}
+			k := packKey(f.Proto, fam, f.Orig)
+			dumped = append(dumped, dumpedFlow{key: keyHash(&k), hash: flowHash(&k, f.Reply)})
+			return nil
+		})
+		done <- dumpResult{dumped, err}
+	})
+	// abandon stops the snapshot and waits for it, before an early return.
+	abandon := func(err error) error {
+		cancelDump()
+		<-done
+		return err
+	}
+	// As in a full sync: keep the stream alive during a long snapshot.
+	keepalive := time.NewTicker(s.keepalive)
+	defer keepalive.Stop()
+	var res dumpResult
+	for dumping := true; dumping; {
+		select {
+		case <-ctx.Done():
+			return abandon(context.Cause(ctx))
+		case res = <-done:
+			dumping = false
+		case <-s.q.wake:
+			if s.resync.Load() {
+				return abandon(errRestartSync)
+			}
+			if err := sendQueue(); err != nil {
+				return abandon(err)
+			}
+		case <-keepalive.C:
 			if err := enc.keepalive(); err != nil {
-				return err
+				return abandon(err)
 			}
 			if err := enc.flush(); err != nil {
-				return err
+				return abandon(err)
 			}
-			tm.Reset(s.keepalive)
 		}
-		fam, err := flowFamily(&f)
-		if err != nil {
-			return nil // never mirrored (a full sync counts it as invalid)
-		}
-		k := packKey(f.Proto, fam, f.Orig)
-		dumped = append(dumped, dumpedFlow{key: keyHash(&k), hash: flowHash(&k, f.Reply)})
-		return nil
-	})
+	}
+	dumped, err := res.dumped, res.err
 	// Keep the buffer for the next digest, unless a past peak left it far larger than needed.
 	if cap(dumped) > 4*len(dumped)+1<<16 {
 		s.dumped = nil
 	} else {
 		s.dumped = dumped
 	}
-	if restarted || errors.Is(err, errRestartSync) {
+	if errors.Is(err, errRestartSync) || s.resync.Load() {
 		s.log.Debug("digest abandoned for a full sync")
 		return errRestartSync
 	}
