@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // aePair is a Sender and Receiver with digests every interval; the Receiver checks its
@@ -558,5 +560,57 @@ func TestDigestSettleKeepsStreaming(t *testing.T) {
 		func() string { return "the digest never arrived" })
 	if st := r.Stats(); st.DriftDetected != 0 {
 		t.Errorf("drift detected %d times: the change sent during the settle is missing from the digest", st.DriftDetected)
+	}
+}
+
+// TestDigestDumpKeepsStreaming: a digest's dump that stalls (the kernel deleting a stretch of
+// expired entries) holds no change back, and runs at the lowest priority.
+func TestDigestDumpKeepsStreaming(t *testing.T) {
+	checkGoroutines(t)
+	table := newFakeTable()
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	tr := newTruth(flows(0, 10)...)
+	cfg := testSenderConfig(t, tr, r.Addrs()...)
+	cfg.DigestInterval = 50 * time.Millisecond
+	const stall = 2 * time.Second
+	var snapshots atomic.Int32
+	stalling := make(chan int, 1)
+	cfg.Snapshot = func(ctx context.Context, fn func(Flow) error) error {
+		if snapshots.Add(1) == 2 { // the first is the full sync's
+			p, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+			stalling <- p
+			select {
+			case <-time.After(stall):
+			case <-ctx.Done():
+			}
+		}
+		return tr.Snapshot(ctx, fn)
+	}
+	s := NewSender(cfg)
+	goRun(t, s.Run)
+	waitConverged(t, tr, table, r)
+	select {
+	case p := <-stalling:
+		// The system call answers 20 - nice.
+		if nice := 20 - p; nice != backgroundNice {
+			t.Errorf("the digest's dump ran at nice %d, want %d", nice, backgroundNice)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("no digest")
+	}
+
+	f := testFlow(500)
+	start := time.Now()
+	tr.upsert(s, f)
+	waitFor(t, testTimeout, func() bool { _, ok := table.snapshot()[f.Key()]; return ok },
+		func() string { return "the change never arrived" })
+	if took := time.Since(start); took > stall/2 {
+		t.Errorf("a change queued during the digest's dump arrived after %v (the dump stalled %v)", took, stall)
+	}
+	waitFor(t, testTimeout, func() bool { return r.Stats().DigestsChecked >= 1 },
+		func() string { return "the digest never arrived" })
+	if st := r.Stats(); st.DriftDetected != 0 {
+		t.Errorf("drift detected %d times", st.DriftDetected)
 	}
 }
