@@ -775,7 +775,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	go runInBackground(func() {
 		dumped := s.dumped[:0]
 		err := s.cfg.Snapshot(dumpCtx, func(f Flow) error {
-			if s.resync.Load() {
+			if s.resync.Load() || dumpCtx.Err() != nil { // abandoned: the result is not read
 				return errRestartSync
 			}
 			fam, err := flowFamily(&f)
@@ -788,22 +788,46 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 		})
 		done <- dumpResult{dumped, err}
 	})
-	// abandon stops the snapshot and waits for it, before an early return.
+	// abandon stops the snapshot if it still runs and waits for it, before an early return.
+	dumping := true
 	abandon := func(err error) error {
-		cancelDump()
-		<-done
+		if dumping {
+			cancelDump()
+			<-done
+		}
 		return err
 	}
-	// As in a full sync: keep the stream alive during a long snapshot.
+	// Until the snapshot is done and then for the settle, changes go out as they come (into
+	// the window); the stream is kept alive as in a full sync.
 	keepalive := time.NewTicker(s.keepalive)
 	defer keepalive.Stop()
-	var res dumpResult
-	for dumping := true; dumping; {
+	var settled <-chan time.Time // nil until the snapshot is done
+	var dumped []dumpedFlow
+	for settling := true; settling; {
 		select {
 		case <-ctx.Done():
 			return abandon(context.Cause(ctx))
-		case res = <-done:
-			dumping = false
+		case res := <-done:
+			dumping, dumped = false, res.dumped
+			// Keep the buffer for the next digest, unless a past peak left it far larger
+			// than needed.
+			if cap(res.dumped) > 4*len(res.dumped)+1<<16 {
+				s.dumped = nil
+			} else {
+				s.dumped = res.dumped
+			}
+			if errors.Is(res.err, errRestartSync) || s.resync.Load() {
+				s.log.Debug("digest abandoned for a full sync")
+				return errRestartSync
+			}
+			if res.err != nil {
+				return fmt.Errorf("digest: %w", res.err)
+			}
+			settle := time.NewTimer(s.digestSettle)
+			defer settle.Stop()
+			settled = settle.C
+		case <-settled:
+			settling = false
 		case <-s.q.wake:
 			if s.resync.Load() {
 				return abandon(errRestartSync)
@@ -817,39 +841,6 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 			}
 			if err := enc.flush(); err != nil {
 				return abandon(err)
-			}
-		}
-	}
-	dumped, err := res.dumped, res.err
-	// Keep the buffer for the next digest, unless a past peak left it far larger than needed.
-	if cap(dumped) > 4*len(dumped)+1<<16 {
-		s.dumped = nil
-	} else {
-		s.dumped = dumped
-	}
-	if errors.Is(err, errRestartSync) || s.resync.Load() {
-		s.log.Debug("digest abandoned for a full sync")
-		return errRestartSync
-	}
-	if err != nil {
-		return fmt.Errorf("digest: %w", err)
-	}
-	// The settle is no pause of the stream: changes go out as they come (into the window),
-	// or every digest would hold a burst's changes back for the settle's length.
-	settle := time.NewTimer(s.digestSettle)
-	defer settle.Stop()
-	for settling := true; settling; {
-		select {
-		case <-ctx.Done():
-			return context.Cause(ctx)
-		case <-settle.C:
-			settling = false
-		case <-s.q.wake:
-			if s.resync.Load() {
-				return errRestartSync
-			}
-			if err := sendQueue(); err != nil {
-				return err
 			}
 		}
 	}
