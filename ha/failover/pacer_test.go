@@ -255,3 +255,20 @@ func FuzzPaceMemRound(f *testing.F) {
 		page.readRound(&r)
 	})
 }
+
+// TestPacerWait: the pacer process wakes a quarter interval after a round is due, so once
+// per round while the loop keeps time.
+func TestPacerWait(t *testing.T) {
+	ms := time.Millisecond
+	for _, tt := range []struct{ interval, since, want time.Duration }{
+		{50 * ms, 0, 62500 * time.Microsecond},       // it has just sent
+		{50 * ms, 12500 * time.Microsecond, 50 * ms}, // the loop sent on time, a quarter ago
+		{50 * ms, 49 * ms, 13500 * time.Microsecond}, // the loop's round is due in 1ms
+		{50 * ms, 80 * ms, 12500 * time.Microsecond}, // overdue (the caller sends first)
+		{5 * ms, 1250 * time.Microsecond, 5 * ms},    // failover.nettimeout 0.02
+	} {
+		if got := pacerWait(tt.interval, tt.since); got != tt.want {
+			t.Errorf("pacerWait(%v, %v) = %v, want %v", tt.interval, tt.since, got, tt.want)
+		}
+	}
+}
