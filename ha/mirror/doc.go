@@ -42,7 +42,10 @@
 //     (DigestRequest), which the Sender answers at once; a second mismatch running is drift:
 //     counted, logged, and repaired by a full sync (ResyncRequest), whose sweep also deletes the
 //     stale entries. Drift is thus repaired about one interval after it arises, and a race costs
-//     at most one extra digest, never a full sync.
+//     at most one extra digest, never a full sync. A second mismatch smaller than the first
+//     (held minus active flows nearer zero) is the stream catching up with a burst of events
+//     that the active had not yet read when it dumped (tens of thousands of entries expiring
+//     or flushed at once): it is asked about again, up to 8 times, while it shrinks.
 //   - With ReceiverConfig.Snapshot (the standby's own kernel view), every Digest also starts a
 //     check of the kernel table against the remembered set, key by key, in a goroutine while
 //     the stream goes on; keys that the stream writes meanwhile are left out (the write settles

@@ -395,6 +395,8 @@ type link struct {
 
 	synced        bool                   // a full sync has ended on this connection
 	digestSuspect bool                   // the last digest did not match
+	suspectGap    int64                  // held minus active flows at that digest
+	recounts      int                    // digests asked again since, the gap shrinking
 	digestAsked   bool                   // a DigestRequest is outstanding
 	repairPending bool                   // a ResyncRequest was sent: the next SyncEnd repairs
 	check         *kernelCheck           // the kernel check running, nil if none
@@ -906,6 +908,7 @@ func (l *link) onDigest(m digestMsg) error {
 	r.mu.Lock()
 	have := digest{count: uint64(r.held.len()), sum: r.sum}
 	r.mu.Unlock()
+	gap := int64(have.count) - int64(m.d.count)
 	switch {
 	case have == m.d:
 		r.lastMatch.Store(time.Now().UnixNano())
@@ -916,8 +919,19 @@ func (l *link) onDigest(m digestMsg) error {
 	case !l.digestSuspect:
 		// Maybe a change raced the active's dump (see Sender.sendDigest): confirm first.
 		r.mismatches.Add(1)
-		l.digestSuspect = true
+		l.digestSuspect, l.suspectGap, l.recounts = true, gap, 0
 		r.log.Info("mirror digest mismatch: asking for a confirmation", "digest_id", m.id,
+			"active_flows", m.d.count, "held_flows", have.count)
+		if err := l.askDigest(); err != nil {
+			return err
+		}
+	case absGap(gap) < absGap(l.suspectGap) && l.recounts < maxRecounts:
+		// The difference shrinks: the stream is catching up with changes that the active's
+		// event reader had not yet read when it dumped (thousands of entries expiring or
+		// flushed at once), and would go on shrinking through a full sync. Ask again.
+		l.suspectGap = gap
+		l.recounts++
+		r.log.Info("mirror digest mismatch shrinking: asking again", "digest_id", m.id,
 			"active_flows", m.d.count, "held_flows", have.count)
 		if err := l.askDigest(); err != nil {
 			return err
@@ -932,6 +946,16 @@ func (l *link) onDigest(m digestMsg) error {
 		l.startCheck()
 	}
 	return nil
+}
+
+// maxRecounts bounds the digests asked again while a mismatch shrinks (link.onDigest).
+const maxRecounts = 8
+
+func absGap(g int64) int64 {
+	if g < 0 {
+		return -g
+	}
+	return g
 }
 
 // drift counts and logs a confirmed drift and asks the peer for a full sync, unless the last
