@@ -73,20 +73,20 @@ type Connection struct {
 
 // FailoverStatus is the device's HA state as show cm failover-status prints it.
 type FailoverStatus struct {
-	Device         string
-	State          string // Active, Standby, Offline
-	Since          time.Time
-	Reason         string
-	Peer           string
-	PeerState      string
-	PeerAlive      bool
-	PeerLastHeard  time.Time
-	LocalAddress   string
-	PeerAddress    string
-	SyncStatus     string // In Sync, Changes Pending, Disconnected, Standalone
-	SyncSummary    string
-	Group          string
-	Failovers      uint64
+	Device        string
+	State         string // Active, Standby, Offline
+	Since         time.Time
+	Reason        string
+	Peer          string
+	PeerState     string
+	PeerAlive     bool
+	PeerLastHeard time.Time
+	LocalAddress  string
+	PeerAddress   string
+	SyncStatus    string // In Sync, Changes Pending, Disconnected, Standalone
+	SyncSummary   string
+	Group         string
+	Failovers     uint64
 	// FailoverCauses counts the failovers by cause (such as peer_lost), in the order to
 	// print them; causes never seen are left out.
 	FailoverCauses []CauseCount

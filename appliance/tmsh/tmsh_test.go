@@ -71,7 +71,7 @@ func (f *fakeCore) Failover() FailoverStatus {
 		Failovers: 3, FailoverCauses: []CauseCount{{"no_peer", 1}, {"peer_lost", 1}, {"forced", 1}},
 		Mirror: MirrorStatus{Role: "sender", Peer: "192.168.77.3:1028", Connected: true, FlowsSent: 1200, DeletesSent: 200, Syncs: 1,
 			DigestsSent: 30, LagLast: 1234567 * time.Nanosecond, LagMax: 4 * time.Millisecond,
-			Entries: []EntryCount{{"tcp", "ESTABLISHED", 990}, {"tcp", "TIME_WAIT", 10}, {"udp", "", 7}},
+			Entries:   []EntryCount{{"tcp", "ESTABLISHED", 990}, {"tcp", "TIME_WAIT", 10}, {"udp", "", 7}},
 			EntriesAt: time.Date(2026, 11, 23, 19, 5, 0, 0, time.UTC)}}
 }
 func (f *fakeCore) ForceStandby(context.Context) error               { return fmt.Errorf("not active") }

@@ -351,14 +351,21 @@ func readFrame(t *testing.T, c net.Conn, dec *decoder) frame {
 	}
 }
 
+// rawPeer starts a Receiver and connects to it as a hand-driven Sender: frames go out with
+// c.send, the back channel is read with dec.
+func rawPeer(t *testing.T) (*Receiver, *rawClient, *decoder) {
+	t.Helper()
+	r := newTestReceiver(t, newFakeTable(), freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	c := dialRaw(t, r.Addrs()[0])
+	return r, c, newDecoder(c, 0)
+}
+
 // TestReceiverBackChannel: a mismatching digest makes the Receiver ask for a confirmation
 // digest; a second one makes it ask for a full sync, which it counts as a repair when it ends.
 func TestReceiverBackChannel(t *testing.T) {
 	checkGoroutines(t)
-	r := newTestReceiver(t, newFakeTable(), freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	c := dialRaw(t, r.Addrs()[0])
-	dec := newDecoder(c, 0)
+	r, c, dec := rawPeer(t)
 	f := testFlow(2)
 	good := digestOf([]Flow{f})
 	bad := good
@@ -387,10 +394,7 @@ func TestReceiverBackChannel(t *testing.T) {
 // is asked about again rather than repaired by a full sync.
 func TestReceiverRecountsShrinkingMismatch(t *testing.T) {
 	checkGoroutines(t)
-	r := newTestReceiver(t, newFakeTable(), freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	c := dialRaw(t, r.Addrs()[0])
-	dec := newDecoder(c, 0)
+	r, c, dec := rawPeer(t)
 	all := flows(0, 10)
 	sync := []frame{helloFrame("a"), {typ: frameSyncBegin, syncID: 1}}
 	for _, f := range all {
@@ -557,99 +561,77 @@ func TestNoDigestRightAfterFullSync(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return s.Stats().DigestsSent > 0 }, func() string { return "no digest after the full sync" })
 }
 
-// TestDigestSettleKeepsStreaming: while a digest waits for late events after its dump, the
-// changes queued meanwhile go out at once (and count in the digest), rather than after the
-// wait: under load every digest would otherwise hold a burst back.
-func TestDigestSettleKeepsStreaming(t *testing.T) {
-	checkGoroutines(t)
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	cfg := testSenderConfig(t, tr, r.Addrs()...)
-	cfg.DigestInterval = 50 * time.Millisecond
-	var snapshots atomic.Int32
-	digestDumped := make(chan struct{}, 1)
-	cfg.Snapshot = func(ctx context.Context, fn func(Flow) error) error {
-		err := tr.Snapshot(ctx, fn)
-		if snapshots.Add(1) == 2 { // the first is the full sync's
-			digestDumped <- struct{}{}
-		}
-		return err
-	}
-	s := NewSender(cfg)
-	s.digestSettle = 2 * time.Second
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
-	select {
-	case <-digestDumped:
-	case <-time.After(testTimeout):
-		t.Fatal("no digest")
-	}
-
-	f := testFlow(500)
-	start := time.Now()
-	tr.upsert(s, f)
-	waitFor(t, testTimeout, func() bool { _, ok := table.snapshot()[f.Key()]; return ok },
-		func() string { return "the change never arrived" })
-	if took := time.Since(start); took > s.digestSettle/2 {
-		t.Errorf("a change queued during the digest's settle arrived after %v (settle %v)", took, s.digestSettle)
-	}
-	waitFor(t, testTimeout, func() bool { return r.Stats().DigestsChecked >= 1 },
-		func() string { return "the digest never arrived" })
-	if st := r.Stats(); st.DriftDetected != 0 {
-		t.Errorf("drift detected %d times: the change sent during the settle is missing from the digest", st.DriftDetected)
-	}
-}
-
-// TestDigestDumpKeepsStreaming: a digest's dump that stalls (the kernel deleting a stretch of
-// expired entries) holds no change back, and runs at the lowest priority.
-func TestDigestDumpKeepsStreaming(t *testing.T) {
-	checkGoroutines(t)
-	table := newFakeTable()
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	tr := newTruth(flows(0, 10)...)
-	cfg := testSenderConfig(t, tr, r.Addrs()...)
-	cfg.DigestInterval = 50 * time.Millisecond
-	const stall = 2 * time.Second
-	var snapshots atomic.Int32
-	stalling := make(chan int, 1)
-	cfg.Snapshot = func(ctx context.Context, fn func(Flow) error) error {
-		if snapshots.Add(1) == 2 { // the first is the full sync's
-			p, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
-			stalling <- p
-			select {
-			case <-time.After(stall):
-			case <-ctx.Done():
+// TestDigestKeepsStreaming: while a digest dumps the table, however long the dump stalls (the
+// kernel deleting a stretch of expired entries), and while it then waits for late events,
+// the changes queued meanwhile go out at once, and count in the digest. The dump runs at
+// the lowest priority.
+func TestDigestKeepsStreaming(t *testing.T) {
+	const long = 2 * time.Second
+	for _, tc := range []struct {
+		name         string
+		stall        time.Duration // in the digest's dump, before its flows
+		settle       time.Duration
+		beforeFlows  bool // the test goes on when the dump starts (else when it ends)
+		wantPriority bool
+	}{
+		{name: "during a stalled dump", stall: long, beforeFlows: true, wantPriority: true},
+		{name: "during the settle", settle: long},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkGoroutines(t)
+			table := newFakeTable()
+			r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+			startReceiver(t, r)
+			tr := newTruth(flows(0, 10)...)
+			cfg := testSenderConfig(t, tr, r.Addrs()...)
+			cfg.DigestInterval = 50 * time.Millisecond
+			var snapshots atomic.Int32
+			dumping := make(chan int, 1) // the dump's thread's priority
+			cfg.Snapshot = func(ctx context.Context, fn func(Flow) error) error {
+				if snapshots.Add(1) != 2 { // the first is the full sync's
+					return tr.Snapshot(ctx, fn)
+				}
+				p, _ := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
+				if tc.beforeFlows {
+					dumping <- p
+				}
+				select {
+				case <-time.After(tc.stall):
+				case <-ctx.Done():
+				}
+				err := tr.Snapshot(ctx, fn)
+				if !tc.beforeFlows {
+					dumping <- p
+				}
+				return err
 			}
-		}
-		return tr.Snapshot(ctx, fn)
-	}
-	s := NewSender(cfg)
-	goRun(t, s.Run)
-	waitConverged(t, tr, table, r)
-	select {
-	case p := <-stalling:
-		// The system call answers 20 - nice.
-		if nice := 20 - p; nice != backgroundNice {
-			t.Errorf("the digest's dump ran at nice %d, want %d", nice, backgroundNice)
-		}
-	case <-time.After(testTimeout):
-		t.Fatal("no digest")
-	}
+			s := NewSender(cfg)
+			s.digestSettle = tc.settle
+			goRun(t, s.Run)
+			waitConverged(t, tr, table, r)
+			select {
+			case p := <-dumping:
+				// The system call answers 20 - nice.
+				if nice := 20 - p; tc.wantPriority && nice != backgroundNice {
+					t.Errorf("the digest's dump ran at nice %d, want %d", nice, backgroundNice)
+				}
+			case <-time.After(testTimeout):
+				t.Fatal("no digest")
+			}
 
-	f := testFlow(500)
-	start := time.Now()
-	tr.upsert(s, f)
-	waitFor(t, testTimeout, func() bool { _, ok := table.snapshot()[f.Key()]; return ok },
-		func() string { return "the change never arrived" })
-	if took := time.Since(start); took > stall/2 {
-		t.Errorf("a change queued during the digest's dump arrived after %v (the dump stalled %v)", took, stall)
-	}
-	waitFor(t, testTimeout, func() bool { return r.Stats().DigestsChecked >= 1 },
-		func() string { return "the digest never arrived" })
-	if st := r.Stats(); st.DriftDetected != 0 {
-		t.Errorf("drift detected %d times", st.DriftDetected)
+			f := testFlow(500)
+			start := time.Now()
+			tr.upsert(s, f)
+			waitFor(t, testTimeout, func() bool { _, ok := table.snapshot()[f.Key()]; return ok },
+				func() string { return "the change never arrived" })
+			if took := time.Since(start); took > long/2 {
+				t.Errorf("a change queued %s arrived after %v", tc.name, took)
+			}
+			waitFor(t, testTimeout, func() bool { return r.Stats().DigestsChecked >= 1 },
+				func() string { return "the digest never arrived" })
+			if st := r.Stats(); st.DriftDetected != 0 {
+				t.Errorf("drift detected %d times: the change sent %s is missing from the digest", st.DriftDetected, tc.name)
+			}
+		})
 	}
 }
