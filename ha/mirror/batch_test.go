@@ -122,6 +122,78 @@ func TestBatchPipeline(t *testing.T) {
 	}
 }
 
+// TestBatchPipelineAcrossReads: a run cut short because the stream has nothing more to read
+// yet goes to the writer without the Receiver waiting for it, so decoding goes on while the
+// kernel is busy (a full sync's reads find the buffer empty every few thousand flows). A run
+// with a key of a run being written waits for that one before it is booked.
+func TestBatchPipelineAcrossReads(t *testing.T) {
+	checkGoroutines(t)
+	table := newBatchTable()
+	table.log = true
+	table.gate = make(chan struct{})
+	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
+	startReceiver(t, r)
+	t.Cleanup(func() { close(table.gate) }) // before the Receiver stops, should the test fail
+	c := dialRaw(t, r.Addrs()[0])
+
+	at := func(i int, timeout uint32) frame {
+		f := testFlow(i)
+		f.Timeout = timeout
+		return frame{typ: frameUpsert, flow: f}
+	}
+	run := func(from, to int, timeout uint32) []frame {
+		var frames []frame
+		for i := from; i < to; i++ {
+			frames = append(frames, at(i, timeout))
+		}
+		return frames
+	}
+	stats := func() string { return fmt.Sprintf("%+v, batches %v", r.Stats(), table.batchSizes()) }
+
+	// Run A, a full one, reaches the table and is held there.
+	const a = maxBatch
+	c.send(append([]frame{helloFrame("a")}, run(0, a, 1)...)...)
+	waitFor(t, testTimeout, func() bool { return len(table.batchSizes()) == 1 }, stats)
+	// B, and C, which updates a key of A, are decoded meanwhile; C waits for A to be booked,
+	// so D is not decoded yet.
+	c.send(run(a, a+10, 1)...)
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == a+10 }, stats)
+	c.send(append([]frame{at(0, 2)}, run(a+10, a+19, 1)...)...)
+	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == a+20 }, stats)
+	c.send(run(a+20, a+30, 1)...)
+	time.Sleep(10 * time.Millisecond)
+	if got := r.Stats().Upserts; got != a+20 {
+		t.Errorf("with run A held and run C waiting for it: %d upserts decoded, want %d", got, a+20)
+	}
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case table.gate <- struct{}{}:
+			case <-time.After(100 * time.Millisecond):
+				return // every run written
+			}
+		}
+	}()
+	waitFor(t, testTimeout, func() bool { return r.Stats().Applied == a+30 }, stats)
+	<-done
+	var want []string
+	for _, f := range slices.Concat(run(0, a+10, 1), []frame{at(0, 2)}, run(a+10, a+19, 1), run(a+20, a+30, 1)) {
+		want = append(want, fmt.Sprintf("upsert %v/%d", f.flow.Orig.Src, f.flow.Timeout))
+	}
+	if got := table.callLog(); !slices.Equal(got, want) {
+		t.Errorf("flows applied out of order:\n%q\nwant\n%q", got, want)
+	}
+	if got := table.snapshot()[testFlow(0).Key()].Timeout; got != 2 {
+		t.Errorf("flow 0 has timeout %d, want 2 (run C's)", got)
+	}
+	if r.Flows() != a+29 {
+		t.Errorf("receiver holds %d flows, want %d", r.Flows(), a+29)
+	}
+}
+
 // TestBatchInjectErrors: InjectBatch's errors count per flow; a flow that failed is not held.
 func TestBatchInjectErrors(t *testing.T) {
 	checkGoroutines(t)

@@ -429,7 +429,7 @@ func (r *Receiver) stream(c net.Conn, remote netip.AddrPort) error {
 	for {
 		if !l.dec.frameBuffered() {
 			// The next read may wait for the network: write the pending changes first.
-			l.flush()
+			l.handOff()
 		}
 		if err := l.pollCheck(); err != nil {
 			return err
@@ -558,6 +558,33 @@ func (l *link) flush() {
 	b.reset()
 }
 
+// handOff has the pending run written: by the writer if it is busy, so that decoding goes
+// on meanwhile (a full sync's reads find the buffer empty every few thousand flows, and
+// waiting there would leave the kernel idle while the next runs are decoded); else here,
+// which spares waking it.
+func (l *link) handOff() {
+	l.reap()
+	switch {
+	case len(l.fill.flows) == 0:
+	case len(l.writing) > 0:
+		l.flushBackground()
+	default:
+		l.flush()
+	}
+}
+
+// reap takes back the runs the writer is done with, without waiting.
+func (l *link) reap() {
+	for len(l.writing) > 0 {
+		select {
+		case b := <-l.written:
+			l.taken(b)
+		default:
+			return
+		}
+	}
+}
+
 // flushBackground books the pending run, hands it to the writer and starts filling another
 // buffer.
 func (l *link) flushBackground() {
@@ -571,18 +598,15 @@ func (l *link) flushBackground() {
 	l.fill, l.free = l.free[len(l.free)-1], l.free[:len(l.free)-1]
 }
 
-// book books b in the held set, while the runs before are being written if it may: when b
-// is large (a full sync's, where the bookings' cache misses would otherwise wait for the
-// kernel) and has no key of those runs, whose outcome the booking must know.
+// book books b in the held set, while the runs before are being written if it may (so that
+// the bookings' cache misses do not wait for the kernel): when b has no key of those runs,
+// whose outcome the booking must know.
 func (l *link) book(b *changeBatch) {
-	if len(l.writing) > 0 && (len(b.flows) < bookAheadMin || l.sharesWriting(b)) {
+	if len(l.writing) > 0 && l.sharesWriting(b) {
 		l.wait()
 	}
 	l.r.bookBatch(b)
 }
-
-// bookAheadMin is the smallest run that book books while the runs before are written.
-const bookAheadMin = 64
 
 func (l *link) sharesWriting(b *changeBatch) bool {
 	for _, w := range l.writing {
@@ -595,7 +619,11 @@ func (l *link) sharesWriting(b *changeBatch) bool {
 
 // takeWritten waits for the oldest run handed to the writer and makes its buffer free.
 func (l *link) takeWritten() {
-	b := <-l.written
+	l.taken(<-l.written)
+}
+
+// taken makes the buffer of the oldest run handed to the writer, b, free.
+func (l *link) taken(b *changeBatch) {
 	l.writing = l.writing[1:]
 	b.reset()
 	l.free = append(l.free, b)
