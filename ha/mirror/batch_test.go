@@ -76,17 +76,25 @@ func TestBatchInjection(t *testing.T) {
 	}
 }
 
-// TestBatchPipeline: while a full run of changes is being applied, the Receiver queues the
-// next for the writer and decodes a third; runs are applied one at a time and in order, so
-// a fourth waits for the first.
-func TestBatchPipeline(t *testing.T) {
-	checkGoroutines(t)
+// gatedReceiver runs a Receiver whose table logs its calls and holds each InjectBatch until
+// the test sends on table.gate, and connects a raw client to it.
+func gatedReceiver(t *testing.T) (*batchTable, *Receiver, *rawClient) {
+	t.Helper()
 	table := newBatchTable()
 	table.log = true
 	table.gate = make(chan struct{})
 	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
 	startReceiver(t, r)
-	c := dialRaw(t, r.Addrs()[0])
+	t.Cleanup(func() { close(table.gate) }) // before the Receiver stops, should the test fail
+	return table, r, dialRaw(t, r.Addrs()[0])
+}
+
+// TestBatchPipeline: while a full run of changes is being applied, the Receiver queues the
+// next for the writer and decodes a third; runs are applied one at a time and in order, so
+// a fourth waits for the first.
+func TestBatchPipeline(t *testing.T) {
+	checkGoroutines(t)
+	table, r, c := gatedReceiver(t)
 
 	const n = 4 * maxBatch
 	frames := []frame{helloFrame("a")}
@@ -128,13 +136,7 @@ func TestBatchPipeline(t *testing.T) {
 // with a key of a run being written waits for that one before it is booked.
 func TestBatchPipelineAcrossReads(t *testing.T) {
 	checkGoroutines(t)
-	table := newBatchTable()
-	table.log = true
-	table.gate = make(chan struct{})
-	r := newTestReceiver(t, table, freePort(t, "127.0.0.1"))
-	startReceiver(t, r)
-	t.Cleanup(func() { close(table.gate) }) // before the Receiver stops, should the test fail
-	c := dialRaw(t, r.Addrs()[0])
+	table, r, c := gatedReceiver(t)
 
 	at := func(i int, timeout uint32) frame {
 		f := testFlow(i)
