@@ -1060,73 +1060,92 @@ func (l *link) startCheck() {
 	r.touched = make(map[packedKey]struct{})
 	r.mu.Unlock()
 	rd := l.rd
-	go runInBackground(func() {
+	go func() {
 		kc.done <- r.runCheck(ctx, kc.id)
 		rd.wake() // the stream goroutine may be waiting for the next frame
-	})
+	}()
 	l.check = kc
 }
 
-// runCheck dumps the kernel table and compares it with held, a few hundred flows per lock.
+// runCheck dumps the kernel table in the background and compares it with held, a few
+// hundred flows per lock. The comparing is done here, at normal priority: the dumping thread
+// must not hold the lock that the stream takes for every frame.
 func (r *Receiver) runCheck(ctx context.Context, id uint32) checkResult {
 	var res checkResult
-	type dumped struct {
-		key  packedKey
-		hash uint64
-		i    int
+	full := make(chan []Flow, 1)
+	free := make(chan []Flow, 2)
+	for range cap(free) {
+		free <- make([]Flow, 0, maxBatch)
 	}
-	flows := make([]Flow, 0, maxBatch)
-	batch := make([]dumped, 0, maxBatch)
-	compare := func() {
-		batch = batch[:0]
-		for i := range flows {
-			f := &flows[i]
-			fam, err := flowFamily(f)
-			if err != nil {
-				continue // nothing the Receiver could have injected
+	go runInBackground(func() {
+		defer close(full)
+		flows := <-free
+		_, res.err = pacedSnapshot(ctx, r.cfg.Snapshot, func(f Flow) error {
+			flows = append(flows, f)
+			if len(flows) == maxBatch {
+				full <- flows
+				flows = <-free
 			}
-			k := packKey(f.Proto, fam, f.Orig)
-			batch = append(batch, dumped{key: k, hash: flowHash(&k, f.Reply), i: i})
+			return ctx.Err()
+		})
+		if res.err == nil {
+			res.err = ctx.Err()
 		}
-		r.mu.Lock()
-		for _, d := range batch {
-			if _, ok := r.touched[d.key]; ok {
-				continue
-			}
-			e, ok := r.held.get(&d.key)
-			if !ok {
-				if res.nextra++; len(res.extra) < maxReport {
-					res.extra = append(res.extra, flows[d.i])
-				}
-				continue
-			}
-			e.seen = id
-			r.held.set(&d.key, e)
-			if e.hash != d.hash {
-				if res.nchang++; len(res.changed) < maxReport {
-					res.changed = append(res.changed, d.key)
-				}
-			} else if f := &flows[d.i]; r.refreshBelow > 0 && time.Duration(f.Timeout)*time.Second < r.refreshBelow && len(res.refresh) < maxRefresh {
-				res.refresh = append(res.refresh, *f)
-			}
-		}
-		r.mu.Unlock()
-		res.dumped += len(flows)
-		clear(flows)
-		flows = flows[:0]
-	}
-	res.err = r.cfg.Snapshot(ctx, func(f Flow) error {
-		flows = append(flows, f)
-		if len(flows) == maxBatch {
-			compare()
-		}
-		return ctx.Err()
+		full <- flows
 	})
-	if res.err == nil {
-		res.err = ctx.Err()
+	var batch []checkedFlow
+	for flows := range full {
+		batch = r.compare(id, flows, batch[:0], &res)
+		clear(flows)
+		free <- flows[:0]
 	}
-	compare()
 	return res
+}
+
+// checkedFlow is a dumped flow's key and hash, i its index in the dumped batch.
+type checkedFlow struct {
+	key  packedKey
+	hash uint64
+	i    int
+}
+
+// compare marks the held entries of flows, a batch of the kernel check's dump, as seen by
+// check id, and adds to res what differs; batch is scratch space, returned for reuse.
+func (r *Receiver) compare(id uint32, flows []Flow, batch []checkedFlow, res *checkResult) []checkedFlow {
+	for i := range flows {
+		f := &flows[i]
+		fam, err := flowFamily(f)
+		if err != nil {
+			continue // nothing the Receiver could have injected
+		}
+		k := packKey(f.Proto, fam, f.Orig)
+		batch = append(batch, checkedFlow{key: k, hash: flowHash(&k, f.Reply), i: i})
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, d := range batch {
+		if _, ok := r.touched[d.key]; ok {
+			continue
+		}
+		e, ok := r.held.get(&d.key)
+		if !ok {
+			if res.nextra++; len(res.extra) < maxReport {
+				res.extra = append(res.extra, flows[d.i])
+			}
+			continue
+		}
+		e.seen = id
+		r.held.set(&d.key, e)
+		if e.hash != d.hash {
+			if res.nchang++; len(res.changed) < maxReport {
+				res.changed = append(res.changed, d.key)
+			}
+		} else if f := &flows[d.i]; r.refreshBelow > 0 && time.Duration(f.Timeout)*time.Second < r.refreshBelow && len(res.refresh) < maxRefresh {
+			res.refresh = append(res.refresh, *f)
+		}
+	}
+	res.dumped += len(flows)
+	return batch
 }
 
 // pollCheck finishes the kernel check if its dump is done.

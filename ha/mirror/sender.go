@@ -102,7 +102,7 @@ type Sender struct {
 	keepalive, writeTimeout time.Duration
 	digestSettle            time.Duration // see sendDigest
 	digestCostRatio         int           // see the constant; tests that race digests set 0
-	lastDigestTook          time.Duration // the last digest's snapshot and send, for its interval
+	lastDigestTook          time.Duration // the last digest's snapshot and send, rests left out, for its interval
 
 	resync    atomic.Bool   // a full sync is due on the current connection
 	digestReq atomic.Bool   // the peer asked for an early digest
@@ -769,12 +769,13 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	defer cancelDump()
 	type dumpResult struct {
 		dumped []dumpedFlow
+		rested time.Duration
 		err    error
 	}
 	done := make(chan dumpResult, 1)
 	go runInBackground(func() {
 		dumped := s.dumped[:0]
-		err := s.cfg.Snapshot(dumpCtx, func(f Flow) error {
+		rested, err := pacedSnapshot(dumpCtx, s.cfg.Snapshot, func(f Flow) error {
 			if s.resync.Load() || dumpCtx.Err() != nil { // abandoned: the result is not read
 				return errRestartSync
 			}
@@ -786,7 +787,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 			dumped = append(dumped, dumpedFlow{key: keyHash(&k), hash: flowHash(&k, f.Reply)})
 			return nil
 		})
-		done <- dumpResult{dumped, err}
+		done <- dumpResult{dumped, rested, err}
 	})
 	// abandon stops the snapshot if it still runs and waits for it, before an early return.
 	dumping := true
@@ -803,12 +804,13 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	defer keepalive.Stop()
 	var settled <-chan time.Time // nil until the snapshot is done
 	var dumped []dumpedFlow
+	var rested time.Duration
 	for settling := true; settling; {
 		select {
 		case <-ctx.Done():
 			return abandon(context.Cause(ctx))
 		case res := <-done:
-			dumping, dumped = false, res.dumped
+			dumping, dumped, rested = false, res.dumped, res.rested
 			// Keep the buffer for the next digest, unless a past peak left it far larger
 			// than needed.
 			if cap(res.dumped) > 4*len(res.dumped)+1<<16 {
@@ -870,7 +872,7 @@ func (s *Sender) sendDigest(ctx context.Context, enc *encoder) error {
 	}
 	s.digestsSent.Add(1)
 	s.lastDigest.Store(time.Now().UnixNano())
-	s.lastDigestTook = time.Since(start) - s.digestSettle
+	s.lastDigestTook = time.Since(start) - s.digestSettle - rested
 	s.log.Debug("digest sent", "digest_id", s.digestID, "flows", d.count, "changed_meanwhile", len(s.window),
 		"duration", time.Since(start))
 	if len(s.window) > 1<<16 {
