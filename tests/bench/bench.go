@@ -28,7 +28,7 @@ type Config struct {
 	Runs int    // runs per figure (some sections cap it; see Plan)
 	// Quick: fewer runs and smaller N, for a run of a few minutes.
 	Quick bool
-	// Sections to run: "failover", "kept", "rate", "feed", "sync" (which includes "shell"); all
+	// Sections to run: "failover", "kept", "rate", "feed", "steady", "sync" (which includes "shell"); all
 	// when empty.
 	Sections map[string]bool
 	// Systems to run: "ours", "theirs"; both when empty.
@@ -55,6 +55,11 @@ type Plan struct {
 	RateDur      time.Duration
 	RateRuns     int
 	FeedTargets  []int // the daemon's own ceiling (FeedOnce); 0 = as fast as the feeder goes
+	// SteadyTarget entries a second fed for SteadyDur: long enough for the kernel's gc to
+	// turn the first entries into waves of destroys while new ones come, and for digests
+	// to run in the middle, which a burst of RateDur ends before.
+	SteadyTarget int
+	SteadyDur    time.Duration
 	SyncN        []int
 	SyncRuns     []int // per SyncN
 	ShellRuns    int
@@ -83,16 +88,18 @@ func MakePlan(c Config) Plan {
 		FailoverRuns: runs,
 		// Both near one second of detection: keepalived's master-down interval is
 		// 3×advert_int plus skew (0.9 s + 0.18 s at priority 100).
-		Kept:        Setting{"~1 s detection", "1", "0.3"},
-		KeptN:       []int{1000, 10000},
-		KeptRuns:    runs,
-		RateTargets: []int{1000, 10000},
-		RateDur:     3 * time.Second,
-		RateRuns:    min(runs, 3),
-		FeedTargets: []int{10000, 30000, 0},
-		SyncN:       []int{100000, 1000000},
-		SyncRuns:    []int{min(runs, 3), min(runs, 2)},
-		ShellRuns:   min(runs, 3),
+		Kept:         Setting{"~1 s detection", "1", "0.3"},
+		KeptN:        []int{1000, 10000},
+		KeptRuns:     runs,
+		RateTargets:  []int{1000, 10000},
+		RateDur:      3 * time.Second,
+		RateRuns:     min(runs, 3),
+		FeedTargets:  []int{10000, 30000, 0},
+		SteadyTarget: 10000,
+		SteadyDur:    25 * time.Second,
+		SyncN:        []int{100000, 1000000},
+		SyncRuns:     []int{min(runs, 3), min(runs, 2)},
+		ShellRuns:    min(runs, 3),
 	}
 	if c.Quick {
 		p.FailoverRuns = min(runs, 2)
@@ -100,6 +107,7 @@ func MakePlan(c Config) Plan {
 		p.KeptRuns = 1
 		p.RateDur = 2 * time.Second
 		p.RateRuns = 1
+		p.SteadyDur = 12 * time.Second
 		p.SyncN = []int{20000, 100000}
 		p.SyncRuns = []int{1, 1}
 		p.ShellRuns = 1
@@ -222,7 +230,7 @@ func runSystem(ctx context.Context, c Config, p Plan, name string, res *Results,
 	}
 	// Bursts, feeds and full syncs run at each system's default detection: a short timeout on two
 	// busy cores would turn a stalled heartbeat into a failover in the middle of them.
-	if (c.section("rate") || c.section("feed") || c.section("sync")) && ctx.Err() == nil {
+	if (c.section("rate") || c.section("feed") || c.section("steady") || c.section("sync")) && ctx.Err() == nil {
 		if err := sys.SetDetection(ctx, pick(p.Failover[0], name)); err != nil {
 			return err
 		}
@@ -234,6 +242,9 @@ func runSystem(ctx context.Context, c Config, p Plan, name string, res *Results,
 	// listens to; the lab's traffic generator is the limit of section 3.
 	if c.section("feed") && name == "ours" && ctx.Err() == nil {
 		measureFeed(ctx, sys, p, res, logf)
+	}
+	if c.section("steady") && name == "ours" && ctx.Err() == nil {
+		measureSteady(ctx, sys, p, res, logf)
 	}
 	if c.section("sync") && ctx.Err() == nil {
 		measureSync(ctx, sys, p, res, logf)
@@ -396,6 +407,37 @@ func measureFeed(ctx context.Context, sys System, p Plan, res *Results, logf log
 		}
 	}
 }
+
+// measureSteady feeds as measureFeed does, at one rate for longer, and logs the spans whose
+// lag stood out, to be read beside the daemons' logs.
+func measureSteady(ctx context.Context, sys System, p Plan, res *Results, logf logFunc) {
+	name := sys.Name()
+	next := 1 << 24 // apart from measureFeed's
+	for i := 0; i < p.RateRuns && ctx.Err() == nil; i++ {
+		r, err := FeedOnce(ctx, sys, p.SteadyTarget, p.SteadyDur, next)
+		next += r.Created + r.Failed + 1000
+		logf("%s steady feed %d/s for %v run %d/%d: achieved %.0f/s failed %d created %d mirrored %d exact %v/%v max %v cpu %v/%v overruns %d err=%v",
+			name, p.SteadyTarget, p.SteadyDur, i+1, p.RateRuns, r.Achieved, r.Failed, r.Created, r.Mirrored,
+			r.ExactP50.Round(time.Microsecond), r.ExactP99.Round(time.Microsecond), r.ExactMax.Round(time.Microsecond),
+			r.CPUActive, r.CPUStandby, r.Overruns, err)
+		for _, w := range r.Worst {
+			logf("%s steady feed run %d: entries created %s..+%v: %d, lag p50 %v p99 %v max %v",
+				name, i+1, w.From.Format("15:04:05.000"), lagWindow, w.N, w.P50.Round(time.Microsecond), w.P99.Round(time.Microsecond), w.Max.Round(time.Microsecond))
+		}
+		key := SteadyKey
+		if err != nil || r.Created == 0 {
+			for _, w := range []string{"rate", "mirrored", "xp50", "xp99", "xmax"} {
+				res.Fail(key(w), name)
+			}
+			continue
+		}
+		addBurst(res, name, key, r, "xp50")
+		res.Add(key("xmax"), name, ms(r.ExactMax))
+	}
+}
+
+// SteadyKey names the figures of the steady feed (Plan.SteadyTarget for Plan.SteadyDur).
+func SteadyKey(what string) string { return "feed/steady/" + what }
 
 // addBurst records the figures that a rate burst and a feed share: rate achieved, share
 // mirrored, exact lags (when measured), CPU per flow on each side, and a note on noteKey

@@ -29,6 +29,10 @@ type RateRun struct {
 	// to its creation in the standby's, both by the kernel's own timestamps.
 	Exact              bool
 	ExactP50, ExactP99 time.Duration
+	ExactMax           time.Duration
+	// Worst: the lagWindow spans of creation whose lag p99 passed worstLag, in time order,
+	// to tell a stall from a spread.
+	Worst []LagWindow
 	// CPUActive and CPUStandby: CPU time the mirroring daemons used during the burst
 	// and its drain.
 	CPUActive, CPUStandby cpuUse
@@ -369,6 +373,43 @@ func burstOnce(ctx context.Context, sys System, proto uint8, target int, gen bur
 		r.Exact = true
 		r.Mirrored = len(ex)
 		r.ExactP50, r.ExactP99 = lagPercentiles(ex)
+		if len(ex) > 0 {
+			r.ExactMax = slices.Max(ex)
+		}
+		r.Worst = worstWindows(created, arrived)
 	}
 	return r, nil
+}
+
+// A LagWindow is the lags of the entries created in one lagWindow.
+type LagWindow struct {
+	From          time.Time // start of the span, by the active kernel's clock
+	N             int       // entries created in it that arrived
+	P50, P99, Max time.Duration
+}
+
+const (
+	lagWindow = 500 * time.Millisecond
+	worstLag  = 5 * time.Millisecond // the target for the lag's p99
+)
+
+// worstWindows cuts the entries by creation time into spans of lagWindow and returns the
+// spans whose lag p99 passed worstLag.
+func worstWindows(created, arrived map[TupleKey]time.Time) []LagWindow {
+	spans := map[int64][]time.Duration{} // by the span's start, Unix nanoseconds
+	for key, t := range created {
+		if at, ok := arrived[key]; ok {
+			from := t.UnixNano() - t.UnixNano()%int64(lagWindow)
+			spans[from] = append(spans[from], max(at.Sub(t), 0))
+		}
+	}
+	var worst []LagWindow
+	for from, lags := range spans {
+		p50, p99 := lagPercentiles(lags)
+		if p99 > worstLag {
+			worst = append(worst, LagWindow{From: time.Unix(0, from), N: len(lags), P50: p50, P99: p99, Max: slices.Max(lags)})
+		}
+	}
+	slices.SortFunc(worst, func(a, b LagWindow) int { return a.From.Compare(b.From) })
+	return worst
 }

@@ -84,6 +84,14 @@ func (r *Results) Rows(p Plan) []Row {
 		row(k("cpu-standby-user"), "    of which in user space", "µs", Lower, "")
 	}
 
+	row(SteadyKey("rate"), fmt.Sprintf("steady feed: entries/s fed for %v (target %s/s), gc destroy waves and digests included", p.SteadyDur, thousands(p.SteadyTarget)), "/s", Higher, "")
+	row(SteadyKey("mirrored"), "  of them in the standby's kernel", "%", Higher, "")
+	row(SteadyKey("xp50"), "  lag p50, exact per entry kernel → kernel", "ms", Lower, "")
+	row(SteadyKey("xp99"), "  lag p99, exact per entry kernel → kernel", "ms", Lower, "")
+	row(SteadyKey("xmax"), "  lag max, exact per entry kernel → kernel", "ms", Lower, "")
+	row(SteadyKey("cpu-active"), "  CPU per mirrored flow, active", "µs", Lower, "")
+	row(SteadyKey("cpu-standby"), "  CPU per mirrored flow, standby", "µs", Lower, "")
+
 	head(fmt.Sprintf("4. Full sync (defaults): a standby that joins late (daemon restarted, kernel table emptied) until it holds every entry of the active (bound %v)", syncBound))
 	for _, n := range p.SyncN {
 		row(SyncKey(n, "resync"), fmt.Sprintf("%s entries: standby holds all (ours: kernel | theirs: external cache)", thousands(n)), "s", Lower, "")

@@ -244,3 +244,40 @@ func TestMakePlan(t *testing.T) {
 		t.Errorf("keptInterval(500) = %v, want 100ms", got)
 	}
 }
+
+func TestWorstWindows(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	type entry struct {
+		created time.Duration // after t0
+		lag     time.Duration // -1: never arrived
+	}
+	for _, tc := range []struct {
+		name    string
+		entries []entry
+		want    []LagWindow
+	}{
+		{"none", nil, nil},
+		{"all fast", []entry{{0, ms(1)}, {ms(600), ms(2)}}, nil},
+		{
+			"one slow span among fast ones; a lost entry counts in none",
+			[]entry{{ms(10), ms(1)}, {ms(510), ms(40)}, {ms(990), ms(20)}, {ms(700), -1}, {ms(1200), ms(3)}},
+			[]LagWindow{{From: t0.Add(ms(500)), N: 2, P50: ms(30), P99: ms(40) - ms(20)*1/100, Max: ms(40)}},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			created, arrived := map[TupleKey]time.Time{}, map[TupleKey]time.Time{}
+			for i, e := range tc.entries {
+				k := TupleKey{Proto: 6, Src: netip.AddrPortFrom(netip.MustParseAddr("10.2.0.1"), uint16(1024+i))}
+				created[k] = t0.Add(e.created)
+				if e.lag >= 0 {
+					arrived[k] = t0.Add(e.created + e.lag)
+				}
+			}
+			got := worstWindows(created, arrived)
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("worstWindows (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -41,7 +41,7 @@ func run() error {
 	runs := flag.Int("runs", 5, "runs per figure (the full syncs and bursts cap it at 2-3)")
 	quick := flag.Bool("quick", false, "1-2 runs and smaller N: a few minutes")
 	results := flag.String("results", "", "also write the table to this file (default: BIN/bench-results.txt)")
-	only := flag.String("only", "", "comma-separated sections: failover,kept,rate,feed,sync (default: all)")
+	only := flag.String("only", "", "comma-separated sections: failover,kept,rate,feed,steady,sync (default: all)")
 	systems := flag.String("systems", "ours,theirs", "comma-separated: ours,theirs")
 	workDir := flag.String("dir", "", "work folder for the labs' configs and logs (default: a temporary folder, removed at the end)")
 	keep := flag.Bool("keep", false, "keep the work folder (logs) at the end")
@@ -68,7 +68,7 @@ func run() error {
 	sections := map[string]bool{}
 	for _, s := range splitList(*only) {
 		switch s {
-		case "failover", "kept", "rate", "feed", "sync":
+		case "failover", "kept", "rate", "feed", "steady", "sync":
 			sections[s] = true
 		default:
 			return fmt.Errorf("-only: unknown section %q", s)
