@@ -68,29 +68,28 @@ func (r *Results) Rows(p Plan) []Row {
 	}
 
 	head(fmt.Sprintf("3b. The daemon's own ceiling (ours only; the generator limits section 3): established TCP entries created in the active's kernel through ctnetlink for %v, each expiring after %d s; CPU covers its new and destroy events on both sides", p.RateDur, feedLifetime))
-	for _, t := range p.FeedTargets {
-		k := func(w string) string { return FeedKey(t, w) }
-		target := "as fast as one netlink socket goes"
-		if t > 0 {
-			target = "target " + thousands(t) + "/s"
-		}
-		row(k("rate"), fmt.Sprintf("entries/s fed (%s)", target), "/s", Higher, "")
+	// The rows of one feed; the steady feed's also give the lag's max.
+	feedRows := func(k func(string) string, title string, withMax bool) {
+		row(k("rate"), title, "/s", Higher, "")
 		row(k("mirrored"), "  of them in the standby's kernel", "%", Higher, "")
 		row(k("xp50"), "  lag p50, exact per entry kernel → kernel", "ms", Lower, "")
 		row(k("xp99"), "  lag p99, exact per entry kernel → kernel", "ms", Lower, "")
+		if withMax {
+			row(k("xmax"), "  lag max, exact per entry kernel → kernel", "ms", Lower, "")
+		}
 		row(k("cpu-active"), "  CPU per mirrored flow, active (event in, stream out; destroy too)", "µs", Lower, "")
 		row(k("cpu-active-user"), "    of which in user space (the daemon's own code)", "µs", Lower, "")
 		row(k("cpu-standby"), "  CPU per mirrored flow, standby (stream in, kernel inject and delete)", "µs", Lower, "")
 		row(k("cpu-standby-user"), "    of which in user space", "µs", Lower, "")
 	}
-
-	row(SteadyKey("rate"), fmt.Sprintf("steady feed: entries/s fed for %v (target %s/s), gc destroy waves and digests included", p.SteadyDur, thousands(p.SteadyTarget)), "/s", Higher, "")
-	row(SteadyKey("mirrored"), "  of them in the standby's kernel", "%", Higher, "")
-	row(SteadyKey("xp50"), "  lag p50, exact per entry kernel → kernel", "ms", Lower, "")
-	row(SteadyKey("xp99"), "  lag p99, exact per entry kernel → kernel", "ms", Lower, "")
-	row(SteadyKey("xmax"), "  lag max, exact per entry kernel → kernel", "ms", Lower, "")
-	row(SteadyKey("cpu-active"), "  CPU per mirrored flow, active", "µs", Lower, "")
-	row(SteadyKey("cpu-standby"), "  CPU per mirrored flow, standby", "µs", Lower, "")
+	for _, t := range p.FeedTargets {
+		target := "as fast as one netlink socket goes"
+		if t > 0 {
+			target = "target " + thousands(t) + "/s"
+		}
+		feedRows(func(w string) string { return FeedKey(t, w) }, fmt.Sprintf("entries/s fed (%s)", target), false)
+	}
+	feedRows(SteadyKey, fmt.Sprintf("steady feed: entries/s fed for %v (target %s/s), the kernel's garbage collector and digests at work", p.SteadyDur, thousands(p.SteadyTarget)), true)
 
 	head(fmt.Sprintf("4. Full sync (defaults): a standby that joins late (daemon restarted, kernel table emptied) until it holds every entry of the active (bound %v)", syncBound))
 	for _, n := range p.SyncN {
