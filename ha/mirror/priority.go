@@ -29,9 +29,10 @@ func runInBackground(fn func()) {
 
 // A background dump rests dumpRest after every dumpBusy of dumping, so that it takes at
 // most a quarter of a CPU. The lowest priority alone was not enough: in the lab (2 cores,
-// 10k new flows/s steady) a digest's dump still raised the lag's p99 from 2 ms to 45–60 ms,
-// with stalls up to 90 ms; paced, the p99 was 7 ms. The kernel dumps a chunk of the table at
-// each read of the socket, and nothing between reads, so a pause in fn paces the kernel too.
+// 10k new flows/s for 25 s, `bench -only steady`) the digests' dumps gave a lag p99 of
+// 59–158 ms in four runs (2 ms with no digests); paced so, 8.5–19 ms. A tenth of a CPU did
+// no better. The kernel dumps a chunk of the table at each read of the socket, and nothing
+// between reads, so a pause in fn paces the kernel too.
 const (
 	dumpBusy    = time.Millisecond
 	dumpRest    = 3 * time.Millisecond
