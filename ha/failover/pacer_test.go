@@ -272,3 +272,44 @@ func TestPacerWait(t *testing.T) {
 		}
 	}
 }
+
+// TestLateAfterStall: a silent peer whose heartbeat waits unread in the socket defers the
+// verdict while the silence is under twice the timeout, and after a stall of the loop
+// itself whatever its length; otherwise the peer is lost.
+func TestLateAfterStall(t *testing.T) {
+	const timeout = 20 * time.Millisecond
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name            string
+		silent, stalled time.Duration // since the peer was heard; since the loop last ran
+		waiting         bool          // a datagram waits in the socket
+		want            bool
+	}{
+		{"heard within the timeout", timeout / 2, 0, false, true},
+		{"silent, nothing waiting", timeout * 3 / 2, 0, false, false},
+		{"silent under twice the timeout, a datagram waiting", timeout * 3 / 2, 0, true, true},
+		{"silent for long, a datagram waiting, the loop on time", 10 * timeout, timeout / 4, true, false},
+		{"silent for long, a datagram waiting, the loop stalled", 10 * timeout, 10 * timeout, true, true},
+		{"silent for long, nothing waiting, the loop stalled", 10 * timeout, 10 * timeout, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			from, to := udpPair(t)
+			if tc.waiting {
+				if _, err := from.WriteToUDPAddrPort([]byte("hb"), to.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, "the datagram to wait in the socket", func() bool { return datagramWaiting(to) })
+			}
+			l := &loop{
+				cfg:    Config{Timeout: timeout},
+				events: make(chan event),
+				conns:  map[netip.AddrPort]*net.UDPConn{{}: to},
+				peer:   peerInfo{name: "lb1", lastHeard: now.Add(-tc.silent)},
+				turnAt: now.Add(-tc.stalled),
+			}
+			if got := l.late(now); got != tc.want {
+				t.Errorf("late = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
