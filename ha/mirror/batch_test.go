@@ -106,15 +106,26 @@ func TestBatchPipeline(t *testing.T) {
 	}
 	c.send(frames...)
 	// The first run is held in the table; the second is queued for the writer and the
-	// third decoded meanwhile, and no more (the fourth waits for a buffer).
-	waitFor(t, testTimeout, func() bool { return r.Stats().Upserts == 3*maxBatch },
-		func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	// third decoded meanwhile, and no more (the fourth waits for a buffer). The third may be
+	// cut short, where a read found the socket empty for a moment: that part goes to the
+	// writer too (TestBatchPipelineAcrossReads), and decoding stops there.
+	var decoded uint64
+	changed := time.Now()
+	waitFor(t, testTimeout, func() bool {
+		if n := r.Stats().Upserts; n != decoded {
+			decoded, changed = n, time.Now()
+		}
+		return decoded > 2*maxBatch && time.Since(changed) >= 50*time.Millisecond
+	}, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	if decoded > 3*maxBatch {
+		t.Errorf("with the first run held: %d upserts decoded, want at most %d", decoded, 3*maxBatch)
+	}
 	if got := table.batchSizes(); !slices.Equal(got, []int{maxBatch}) {
 		t.Errorf("with the first run held: batches %v, want [%d]", got, maxBatch)
 	}
 	time.Sleep(10 * time.Millisecond)
-	if got := r.Stats().Upserts; got != 3*maxBatch {
-		t.Errorf("with the first run held: %d upserts decoded, want %d", got, 3*maxBatch)
+	if got := r.Stats().Upserts; got != decoded {
+		t.Errorf("with the first run held: %d upserts decoded, then %d", decoded, got)
 	}
 	for range 4 {
 		table.gate <- struct{}{}
