@@ -106,31 +106,31 @@ func TestBatchPipeline(t *testing.T) {
 	}
 	c.send(frames...)
 	// The first run is held in the table; the second is queued for the writer and the
-	// third decoded meanwhile, and no more (the fourth waits for a buffer). The third may be
-	// cut short, where a read found the socket empty for a moment: that part goes to the
-	// writer too (TestBatchPipelineAcrossReads), and decoding stops there.
+	// third decoded meanwhile, and no more (the fourth waits for a buffer). A run may be cut
+	// short, where a read found the socket empty for a moment: that part goes to the writer
+	// as a run of its own (TestBatchPipelineAcrossReads), so fewer may be decoded by then.
 	var decoded uint64
 	changed := time.Now()
 	waitFor(t, testTimeout, func() bool {
 		if n := r.Stats().Upserts; n != decoded {
 			decoded, changed = n, time.Now()
 		}
-		return decoded > 2*maxBatch && time.Since(changed) >= 50*time.Millisecond
+		return decoded > 0 && time.Since(changed) >= 50*time.Millisecond
 	}, func() string { return fmt.Sprintf("%+v", r.Stats()) })
 	if decoded > 3*maxBatch {
 		t.Errorf("with the first run held: %d upserts decoded, want at most %d", decoded, 3*maxBatch)
 	}
-	if got := table.batchSizes(); !slices.Equal(got, []int{maxBatch}) {
-		t.Errorf("with the first run held: batches %v, want [%d]", got, maxBatch)
+	if got := table.batchSizes(); len(got) != 1 || got[0] > maxBatch {
+		t.Errorf("with the first run held: batches %v, want one of at most %d", got, maxBatch)
 	}
-	time.Sleep(10 * time.Millisecond)
-	if got := r.Stats().Upserts; got != decoded {
-		t.Errorf("with the first run held: %d upserts decoded, then %d", decoded, got)
-	}
-	for range 4 {
-		table.gate <- struct{}{}
-	}
-	waitFor(t, testTimeout, func() bool { return r.Flows() == n }, func() string { return fmt.Sprintf("%+v", r.Stats()) })
+	// Let every run through, however many the reads made.
+	waitFor(t, testTimeout, func() bool {
+		select {
+		case table.gate <- struct{}{}:
+		default:
+		}
+		return r.Flows() == n
+	}, func() string { return fmt.Sprintf("%+v", r.Stats()) })
 	if got := table.callLog(); !slices.Equal(got, want) {
 		t.Errorf("flows applied out of order:\n%q", got)
 	}
